@@ -1,0 +1,63 @@
+"""Fixed facts about the datasets the ledgers name: heads, class order, majority rates.
+
+The class order is the sorted order `pd.get_dummies` produced in the original notebook. It is
+written down here instead of being derived from the data, so a subset that lacks a class still
+gets the right one-hot width and the same column meaning. Pure Python: the ledger imports it.
+"""
+
+HVC_HEADS = {
+    "gender": ("female", "male"),
+    "image_quality": ("Average", "Bad", "Good"),
+    "age": ("15-25", "25-35", "35-45", "45-55", "55+"),
+    "weight": ("normal-healthy", "over-weight", "slightly-overweight", "underweight"),
+    "bag": ("Daily/Office/Work Bag", "Grocery/Home/Plastic Bag", "None"),
+    "footwear": ("CantSee", "Fancy", "Normal"),
+    "pose": ("Back", "Front-Frontish", "Side"),
+    "emotion": ("Angry/Serious", "Happy", "Neutral", "Sad"),
+}
+
+# Head name -> the CSV column it is read from (only three differ from the head name).
+HVC_CSV_COLUMNS = {
+    "gender": "gender",
+    "image_quality": "imagequality",
+    "age": "age",
+    "weight": "weight",
+    "bag": "carryingbag",
+    "footwear": "footwear",
+    "pose": "bodypose",
+    "emotion": "emotion",
+}
+
+HVC_CSV_HEADER = (
+    "filename", "gender", "imagequality", "age", "weight",
+    "carryingbag", "footwear", "emotion", "bodypose", "image_path",
+)
+
+# Share of the most frequent class on the real 6,000-row subset: a head at this rate has
+# learned nothing. The results table reports gender's lift over it.
+HVC_MAJORITY_RATES = {
+    "gender": 0.556, "image_quality": 0.550, "age": 0.397, "weight": 0.630,
+    "bag": 0.570, "footwear": 0.436, "emotion": 0.732, "pose": 0.629,
+}
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+
+DATASET_HEADS = {
+    "hvc": HVC_HEADS,
+    # Single-head dataset: metrics are logged as `acc` / `val_acc`, not per head.
+    "cifar10": {"class": CIFAR10_CLASSES},
+}
+
+DATASETS = tuple(DATASET_HEADS)
+
+
+def heads_for(dataset: str) -> dict:
+    """Head name -> class names for a dataset named in a ledger."""
+    return DATASET_HEADS[dataset]
+
+
+def is_single_head(dataset: str) -> bool:
+    return len(DATASET_HEADS[dataset]) == 1

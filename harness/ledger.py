@@ -1,0 +1,752 @@
+"""The ledger: YAML -> `extends` resolution -> validated, frozen Iteration; diff vs parent.
+
+A ledger file is the single source of truth for an experiment. Each iteration is written as a
+change to its parent (`extends`); resolution deep-merges defaults, then every ancestor, then the
+iteration itself (maps merge, lists replace). The result is validated into frozen pydantic
+objects, so nothing downstream can drift from what the file says.
+
+Every error names the place in the file (`file:line`) and the field (`iteration.field`), because
+a researcher fixing a ledger wants to jump straight to the line. Duplicate keys are errors
+(YAML's default is a silent last-wins, which hides copy-paste mistakes).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import InputError
+from harness.data.heads import DATASETS, heads_for, is_single_head
+
+# Kept in step with harness.models.backbones' registry by a test; written out here so that
+# validating a ledger never imports TensorFlow.
+BACKBONES = ("vgg16", "resnet20v1", "densenet121", "custom")
+
+# Keys that describe an iteration rather than configure training: they are left out of the
+# config sha (editing a remark must not force a fresh run) and of "changes vs parent".
+DESCRIPTIVE_KEYS = ("title", "remark", "reported", "extends")
+
+REQUIRED_PROFILES = ("cpu", "smoke")
+
+
+class LedgerError(InputError):
+    """One or more problems in a ledger, each already formatted as one line."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def metric_names(dataset: str) -> list[str]:
+    """Per-epoch metric names the harness logs for a dataset (DESIGN.md's contract)."""
+    names = ["loss", "val_loss"]
+    if is_single_head(dataset):
+        return names + ["acc", "val_acc"]
+    for head in heads_for(dataset):
+        names += [f"{head}_acc", f"{head}_loss", f"val_{head}_acc", f"val_{head}_loss"]
+    return names
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataConfig(_Strict):
+    """Which dataset and how it is split and sized."""
+
+    name: str = "hvc"
+    image_size: int = Field(224, gt=0)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    split_seed: int = 1
+    # The notes' defect: `valid_gen` built from `train_df`, so "validation" is training data.
+    validate_on_train: bool = False
+    # Cap on the number of rows used (profiles shrink data with it); None = all rows.
+    limit: Optional[int] = Field(None, gt=0)
+    cache: Literal["none", "memory", "disk"] = "none"
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset '{value}'{_suggest(value, DATASETS)}; known: {', '.join(DATASETS)}")
+        return value
+
+
+class FreezeRule(_Strict):
+    """One entry of an ordered freeze policy: layers whose name matches `pattern` (a regular
+    expression, searched) get `trainable`; the first matching rule wins."""
+
+    pattern: str
+    trainable: bool
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"pattern '{value}' is not a regular expression: {exc}") from None
+        return value
+
+
+Freeze = Union[Literal["none", "backbone"], tuple[FreezeRule, ...]]
+
+
+class BackboneConfig(_Strict):
+    name: str = "vgg16"
+    weights: Optional[Literal["imagenet"]] = None
+    freeze: Freeze = "none"
+    # ResNet v1 depth (6n+2); only read by resnet20v1.
+    depth: Optional[int] = Field(None, gt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone '{value}'{_suggest(value, BACKBONES)}; known: {', '.join(BACKBONES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _depth_is_6n_plus_2(self):
+        if self.depth is not None and (self.depth - 2) % 6 != 0:
+            raise ValueError(f"depth {self.depth} is not 6n+2 (20, 32, 44, 56, ...)")
+        return self
+
+
+class HeadConfig(_Strict):
+    """The neck shared by all heads and the tower each head gets.
+
+    The original tower is Dropout(0.2) -> Dense(128) -> Dropout(0.3) -> Dense(128);
+    `tower_dropouts[i]` is the dropout before `tower_units[i]`.
+    """
+
+    neck: Literal["flatten", "gap"] = "flatten"
+    neck_units: Optional[int] = Field(512, gt=0)
+    tower_units: tuple[int, ...] = (128, 128)
+    tower_dropouts: tuple[float, ...] = (0.2, 0.3)
+    batch_norm: bool = False
+    last_activation: Literal["relu", "linear"] = "relu"
+    # The notes' defect: the second Dropout is applied to the tower input, so the first
+    # Dense(128) is dead and drops out of the graph.
+    tower_defect: bool = False
+
+    @model_validator(mode="after")
+    def _dropouts_match_units(self):
+        if len(self.tower_dropouts) != len(self.tower_units):
+            raise ValueError(
+                f"tower_dropouts has {len(self.tower_dropouts)} entries but tower_units has {len(self.tower_units)}"
+            )
+        if any(not 0 <= d < 1 for d in self.tower_dropouts):
+            raise ValueError("tower_dropouts must lie in [0, 1)")
+        if any(u <= 0 for u in self.tower_units):
+            raise ValueError("tower_units must be positive")
+        if self.tower_defect and len(self.tower_units) < 2:
+            raise ValueError("tower_defect needs at least two tower layers (it kills the first)")
+        return self
+
+
+class LossConfig(_Strict):
+    # Weight each head's classes by inverse frequency in the training split.
+    class_weighting: bool = False
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.001, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class BatchSize(_Strict):
+    train: int = Field(32, gt=0)
+    eval: int = Field(64, gt=0)
+
+
+class StepSchedule(_Strict):
+    """Piecewise-constant LR by epoch within a pass: `values[i]` applies from boundary i-1 up
+    to (not including) boundary i, epochs counted from 0 within the pass."""
+
+    boundaries: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if any(b <= 0 for b in self.boundaries):
+            raise ValueError("schedule boundaries must be positive epochs")
+        if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
+            raise ValueError(f"schedule boundaries {list(self.boundaries)} do not increase")
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError(
+                f"schedule has {len(self.boundaries)} boundaries, so it needs {len(self.boundaries) + 1} values, "
+                f"not {len(self.values)}"
+            )
+        if any(v <= 0 for v in self.values):
+            raise ValueError("schedule values must be positive learning rates")
+        return self
+
+    def lr_at(self, epoch: int) -> float:
+        """LR for a 0-based epoch within the pass."""
+        for boundary, value in zip(self.boundaries, self.values):
+            if epoch < boundary:
+                return value
+        return self.values[-1]
+
+
+class EarlyStopping(_Strict):
+    patience: int = Field(gt=0)
+    monitor: str = "val_loss"
+    restore_best: bool = True
+
+
+class PassConfig(_Strict):
+    """One `model.fit`: the notes' "load the best checkpoint, set the LR, fit again"."""
+
+    epochs: int = Field(gt=0)
+    # A constant LR, or a step schedule; with neither the optimizer's lr applies.
+    lr: Optional[float] = Field(None, gt=0)
+    schedule: Optional[StepSchedule] = None
+    resume_from: Literal["best", "last", "none"] = "none"
+    # What "best checkpoint" means for this pass.
+    monitor: str = "val_loss"
+    early_stopping: Optional[EarlyStopping] = None
+    # Overrides the backbone's freeze policy for this pass.
+    freeze: Optional[Freeze] = None
+
+    @model_validator(mode="after")
+    def _one_lr_source(self):
+        if self.lr is not None and self.schedule is not None:
+            raise ValueError("give either lr or schedule, not both")
+        if self.schedule is not None and self.schedule.boundaries and self.schedule.boundaries[-1] >= self.epochs:
+            raise ValueError(
+                f"schedule boundary {self.schedule.boundaries[-1]} is not inside the pass's {self.epochs} epochs"
+            )
+        return self
+
+    def describe_lr(self, default_lr: float) -> str:
+        if self.schedule is not None:
+            parts = [f"{self.schedule.values[0]:g}"]
+            for boundary, value in zip(self.schedule.boundaries, self.schedule.values[1:]):
+                parts.append(f"@{boundary} {value:g}")
+            return "schedule " + " -> ".join(parts)
+        return f"lr {self.lr if self.lr is not None else default_lr:g}"
+
+
+class Cutout(_Strict):
+    size: int = Field(gt=0)
+    count: int = Field(1, gt=0)
+
+
+class Augmentation(_Strict):
+    flip: bool = False
+    cutout: Optional[Cutout] = None
+
+
+class ReportedPass(_Strict):
+    """What the original notes reported for one pass, kept beside the reproduced numbers."""
+
+    # Head -> validation accuracy (single-head ledgers use `acc`).
+    val_acc: dict[str, float] = Field(default_factory=dict)
+    epoch: Optional[int] = None
+    seconds_per_epoch: Optional[float] = None
+    params: Optional[int] = None
+    source: Optional[str] = None
+
+
+class Iteration(_Strict):
+    """A fully resolved iteration: everything needed to train it, nothing inherited implicitly."""
+
+    name: str
+    title: str = ""
+    extends: Optional[str] = None
+    seed: int = 1
+    data: DataConfig = DataConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    head: HeadConfig = HeadConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    batch_size: BatchSize = BatchSize()
+    passes: tuple[PassConfig, ...] = Field(min_length=1)
+    augmentation: Augmentation = Augmentation()
+    reported: tuple[ReportedPass, ...] = ()
+    remark: str = ""
+
+    @model_validator(mode="after")
+    def _first_pass_starts_somewhere(self):
+        if self.passes[0].resume_from != "none":
+            raise ValueError("passes.0.resume_from: the first pass has no previous pass to resume from")
+        return self
+
+    @model_validator(mode="after")
+    def _monitors_are_logged_metrics(self):
+        known = metric_names(self.data.name)
+        for index, pass_ in enumerate(self.passes):
+            watched = [("monitor", pass_.monitor)]
+            if pass_.early_stopping:
+                watched.append(("early_stopping.monitor", pass_.early_stopping.monitor))
+            for where, metric in watched:
+                if metric not in known:
+                    raise ValueError(
+                        f"passes.{index}.{where}: '{metric}' is not a logged metric{_suggest(metric, known)}"
+                    )
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def training_dict(self) -> dict:
+        """The part of the config that decides what gets trained (no descriptive keys)."""
+        return {k: v for k, v in self.to_dict().items() if k not in DESCRIPTIVE_KEYS + ("name",)}
+
+    def config_sha(self) -> str:
+        """Identity of what this iteration trains: a run is resumed or skipped only when its
+        recorded sha equals this one."""
+        canonical = json.dumps(self.training_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.passes)
+
+    def epochs_label(self) -> str:
+        return "+".join(str(p.epochs) for p in self.passes)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
+class Profile(_Strict):
+    """An overlay on a resolved iteration: `set` deep-merges into it, then every pass is capped
+    at `max_epochs_per_pass` epochs (schedule boundaries and patience scale with it)."""
+
+    description: str = ""
+    set: dict[str, Any] = Field(default_factory=dict)
+    max_epochs_per_pass: Optional[int] = Field(None, gt=0)
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`, a trap in LR lists)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+Path_ = tuple  # a key path inside the YAML document, e.g. ("iterations", "base", "passes", 0)
+
+
+def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML into plain Python plus a map from key path to 1-based line number.
+
+    Walks the composed node tree instead of using yaml.load, so duplicate keys can be caught
+    (anywhere in the document) and every value keeps the line it was written on.
+    """
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LedgerError([f"{where}: YAML syntax error: {problem}"]) from None
+    lines: dict[Path_, int] = {}
+    errors: list[str] = []
+
+    def build(node, path: Path_):
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            out: dict = {}
+            seen: dict = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    where = ".".join(str(p) for p in path + (key,))
+                    errors.append(f"{filename}:{line}: {where}: duplicate key '{key}' (first written on line {seen[key]})")
+                    continue
+                seen[key] = line
+                lines[path + (key,)] = line
+                out[key] = build(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, path + (i,)) for i, item in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+    data = build(root, ()) if root is not None else None
+    loader.dispose()
+    if errors:
+        raise LedgerError(errors)
+    return data, lines
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def deep_merge(base: Any, overlay: Any) -> Any:
+    """Maps merge key by key; anything else (lists included) is replaced by the overlay."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        merged = dict(base)
+        for key, value in overlay.items():
+            merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(overlay)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _model_at(model: type, loc: tuple) -> Optional[type]:
+    """The pydantic model class found by following `loc` (field names and list indices)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        info = current.model_fields.get(part)
+        if info is None:
+            return None
+        current = _inner_model(info.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    """Unwrap Optional / tuple / Union / dict to the first BaseModel inside, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+@dataclass
+class Ledger:
+    """A parsed ledger file. `resolve(name)` gives a validated Iteration."""
+
+    path: Path
+    experiment: str
+    defaults: dict
+    profiles: dict[str, Profile]
+    raw_iterations: dict[str, dict]
+    lines: dict[Path_, int] = field(repr=False, default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.raw_iterations)
+
+    # ---- locations
+
+    def _line(self, path: Path_) -> int:
+        """Line for a path, falling back to the nearest enclosing key that has one."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return 1
+
+    def _chain(self, name: str) -> list[str]:
+        """`name`, its parent, grandparent, ... (cycles and missing parents raise)."""
+        chain = [name]
+        while True:
+            parent = self.raw_iterations[chain[-1]].get("extends")
+            if parent is None:
+                return chain
+            if parent not in self.raw_iterations:
+                where = f"{self.path}:{self._line(('iterations', chain[-1], 'extends'))}"
+                raise LedgerError(
+                    [f"{where}: {chain[-1]}.extends: no iteration named '{parent}'{_suggest(parent, self.names)}"]
+                )
+            if parent in chain:
+                cycle = " -> ".join(chain[chain.index(parent):] + [parent])
+                where = f"{self.path}:{self._line(('iterations', chain[-1], 'extends'))}"
+                raise LedgerError([f"{where}: {chain[-1]}.extends: inheritance cycle {cycle}"])
+            chain.append(parent)
+
+    def _origin_line(self, chain: list[str], loc: tuple) -> int:
+        """Where a resolved value was written: the closest layer (iteration, its ancestors,
+        then defaults) that spells out the longest prefix of `loc`."""
+        layers = [("iterations", n) for n in chain] + [("defaults",)]
+        for depth in range(len(loc), 0, -1):
+            prefix = tuple(loc[:depth])
+            for layer in layers:
+                if layer + prefix in self.lines:
+                    return self.lines[layer + prefix]
+        return self._line(("iterations", chain[0]))
+
+    # ---- resolution
+
+    def merged_dict(self, name: str) -> dict:
+        """Defaults, then every ancestor from the root down, then the iteration itself."""
+        if name not in self.raw_iterations:
+            raise LedgerError([f"{self.path}: no iteration named '{name}'{_suggest(name, self.names)}; "
+                               f"the ledger has: {', '.join(self.names)}"])
+        merged = copy.deepcopy(self.defaults)
+        for layer in reversed(self._chain(name)):
+            merged = deep_merge(merged, self.raw_iterations[layer])
+        merged["extends"] = self.raw_iterations[name].get("extends")
+        merged["name"] = name
+        return merged
+
+    def resolve(self, name: str, profile: Optional[str] = None) -> Iteration:
+        merged = self.merged_dict(name)
+        iteration = self._validate(name, merged)
+        if profile and profile != "full":
+            iteration = self.apply_profile(iteration, profile)
+        return iteration
+
+    def _validate(self, name: str, merged: dict, chain: Optional[list[str]] = None) -> Iteration:
+        chain = chain or self._chain(name)
+        try:
+            return _validate_iteration(merged)
+        except ValidationError as exc:
+            errors = _innermost(exc.errors())
+            lines = [self._format_error(name, chain, err) for err in errors]
+            raise LedgerError(list(dict.fromkeys(lines))) from None
+
+    def _format_error(self, name: str, chain: list[str], err: dict) -> str:
+        loc = tuple(err["loc"])
+        # Union members add their own names to the location ("literal['none','backbone']",
+        # "tuple[...]"); they mean nothing in the file, so drop them.
+        loc = tuple(p for p in loc if isinstance(p, int) or not any(c in p for c in "[]'"))
+        dotted = ".".join(str(p) for p in (name,) + loc)
+        where = f"{self.path}:{self._origin_line(chain, loc)}"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            model = _model_at(Iteration, loc[:-1])
+            known = list(model.model_fields) if model else []
+            known = [k for k in known if k != "name"]
+            return f"{where}: {dotted}: unknown key '{loc[-1]}'{_suggest(loc[-1], known)}"
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        if kind == "missing":
+            message = "required field is missing"
+        elif "input" in err and kind not in ("value_error",) and not isinstance(err["input"], (dict, list)):
+            message = f"{message} (got {err['input']!r})"
+        return f"{where}: {dotted}: {message}"
+
+    def apply_profile(self, iteration: Iteration, profile_name: str) -> Iteration:
+        if profile_name not in self.profiles:
+            known = ["full"] + list(self.profiles)
+            raise LedgerError([f"{self.path}: no profile named '{profile_name}'{_suggest(profile_name, known)}; "
+                               f"known: {', '.join(known)}"])
+        profile = self.profiles[profile_name]
+        merged = deep_merge(iteration.to_dict(), profile.set)
+        if profile.max_epochs_per_pass:
+            merged["passes"] = [_cap_pass(p, profile.max_epochs_per_pass) for p in merged["passes"]]
+        try:
+            return _validate_iteration(merged)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                where = f"{self.path}:{self._line(('profiles', profile_name))}"
+                lines.append(f"{where}: profiles.{profile_name} on {iteration.name}.{loc}: {err['msg']}")
+            raise LedgerError(lines) from None
+
+    def parent_of(self, iteration: Iteration) -> Optional[Iteration]:
+        return self.resolve(iteration.extends) if iteration.extends else None
+
+    def validate_all(self) -> list[Iteration]:
+        """Resolve every iteration (and every profile on each); collect all errors."""
+        errors: list[str] = []
+        resolved = []
+        for name in self.names:
+            try:
+                iteration = self.resolve(name)
+                resolved.append(iteration)
+                for profile in self.profiles:
+                    self.apply_profile(iteration, profile)
+            except LedgerError as exc:
+                errors.extend(line for line in exc.lines if line not in errors)
+        if errors:
+            raise LedgerError(errors)
+        return resolved
+
+
+def _innermost(errors: list[dict]) -> list[dict]:
+    """Drop errors on a container when a field inside it failed too: pydantic adds a follow-on
+    "passes: should have at least 1 item" once the only pass was rejected."""
+    locs = [tuple(e["loc"]) for e in errors]
+    return [e for e, loc in zip(errors, locs)
+            if not any(other != loc and other[:len(loc)] == loc for other in locs)]
+
+
+def _validate_iteration(merged: dict) -> Iteration:
+    """Validate through JSON so strict mode takes YAML lists for tuples (JSON has only arrays)
+    while still refusing a string where a number belongs."""
+    return Iteration.model_validate_json(json.dumps(merged, default=str))
+
+
+def _cap_pass(pass_dict: dict, max_epochs: int) -> dict:
+    """Shrink a pass to at most `max_epochs`, keeping the shape of its schedule and patience."""
+    epochs = pass_dict["epochs"]
+    if epochs <= max_epochs:
+        return pass_dict
+    scale = max_epochs / epochs
+    capped = dict(pass_dict, epochs=max_epochs)
+    schedule = pass_dict.get("schedule")
+    if schedule:
+        boundaries, values = [], [schedule["values"][0]]
+        for boundary, value in zip(schedule["boundaries"], schedule["values"][1:]):
+            scaled = max(1, round(boundary * scale))
+            if scaled >= max_epochs:
+                break
+            if boundaries and scaled <= boundaries[-1]:
+                values[-1] = value  # two steps collapsed onto one epoch: the later LR wins
+                continue
+            boundaries.append(scaled)
+            values.append(value)
+        capped["schedule"] = {"boundaries": boundaries, "values": values}
+    stopping = pass_dict.get("early_stopping")
+    if stopping:
+        capped["early_stopping"] = dict(stopping, patience=max(1, round(stopping["patience"] * scale)))
+    return capped
+
+
+# --------------------------------------------------------------------------- loading
+
+_TOP_LEVEL = ("experiment", "defaults", "profiles", "iterations")
+
+
+def load(path: Union[str, Path]) -> Ledger:
+    """Read and structurally check a ledger file; iterations are validated on resolve."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise LedgerError([f"{path}: ledger file not found"]) from None
+    data, lines = _load_with_lines(text, str(path))
+    if not isinstance(data, dict):
+        raise LedgerError([f"{path}:1: a ledger is a mapping with keys {', '.join(_TOP_LEVEL)}"])
+    errors = []
+    for key in data:
+        if key not in _TOP_LEVEL:
+            errors.append(f"{path}:{lines[(key,)]}: unknown top-level key '{key}'{_suggest(key, _TOP_LEVEL)}")
+    experiment = data.get("experiment")
+    if not isinstance(experiment, str) or not experiment:
+        errors.append(f"{path}:{lines.get(('experiment',), 1)}: experiment: required, the MLflow experiment name")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        errors.append(f"{path}:{lines[('defaults',)]}: defaults: must be a mapping")
+    iterations = data.get("iterations")
+    if not isinstance(iterations, dict) or not iterations:
+        errors.append(f"{path}:{lines.get(('iterations',), 1)}: iterations: required, a mapping of name -> iteration")
+        iterations = {}
+    for name, body in iterations.items():
+        if not isinstance(body, dict):
+            errors.append(f"{path}:{lines[('iterations', name)]}: {name}: an iteration must be a mapping")
+    profiles: dict[str, Profile] = {}
+    raw_profiles = data.get("profiles") or {}
+    for name, body in raw_profiles.items() if isinstance(raw_profiles, dict) else []:
+        try:
+            profiles[name] = Profile.model_validate(body)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ("profiles", name) + tuple(err["loc"])
+                field_path = ".".join(str(p) for p in loc)
+                errors.append(f"{path}:{_nearest(lines, loc)}: {field_path}: {err['msg']}")
+    for name in REQUIRED_PROFILES:
+        if name not in raw_profiles:
+            errors.append(f"{path}:{lines.get(('profiles',), 1)}: profiles.{name}: required (used by tests and CPU runs)")
+    if errors:
+        raise LedgerError(errors)
+    return Ledger(
+        path=path,
+        experiment=experiment,
+        defaults=defaults,
+        profiles=profiles,
+        raw_iterations=iterations,
+        lines=lines,
+    )
+
+
+def _nearest(lines: dict, loc: tuple) -> int:
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return 1
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": leaf}. Lists of maps (passes, reported) flatten by index, so a
+    changed LR shows as `passes.1.lr`; other lists stay whole."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        out = {}
+        for index, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}{index}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def diff(parent: Iteration, child: Iteration) -> list[tuple[str, Any, Any]]:
+    """Changed training keys as (dotted key, parent value, child value), in schema order.
+
+    A pass that exists on one side only is reported whole (`passes.2: null -> {...}`)."""
+    before_dict, after_dict = parent.training_dict(), child.training_dict()
+    changes = []
+    for section in after_dict:
+        old, new = before_dict.get(section), after_dict[section]
+        if section == "passes":
+            for index in range(max(len(old), len(new))):
+                if index >= len(old) or index >= len(new):
+                    changes.append((f"passes.{index}", _pick(old, index), _pick(new, index)))
+                    continue
+                changes += _diff_flat(flatten(old[index], f"passes.{index}."), flatten(new[index], f"passes.{index}."))
+        else:
+            changes += _diff_flat(flatten(old, f"{section}."), flatten(new, f"{section}."))
+    return changes
+
+
+def _pick(items: list, index: int):
+    return items[index] if index < len(items) else None
+
+
+def _diff_flat(before: dict, after: dict) -> list[tuple[str, Any, Any]]:
+    keys = list(after) + [k for k in before if k not in after]
+    return [(k, before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)]
+
+
+def format_change(key: str, old: Any, new: Any) -> str:
+    return f"{key}: {_short(old)} -> {_short(new)}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if v is not None}
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(", ", ": "))
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

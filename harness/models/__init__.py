@@ -1,0 +1,1 @@
+"""Models: a backbone registry, multi-head towers and freeze policies (imports TensorFlow)."""
