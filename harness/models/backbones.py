@@ -1,0 +1,251 @@
+"""Backbone registry: a name in the ledger -> a function that builds a Keras feature extractor.
+
+Every backbone is a functional `keras.Model` named "backbone" that maps an image batch
+(N, S, S, 3) to a feature map (N, h, w, c). The full model nests it as one layer, so:
+- the freeze policy "backbone" is one switch on one layer;
+- a feature cache can run `model.get_layer("backbone")` alone and train the rest on its outputs;
+- the heads never depend on which backbone sits underneath.
+
+Registering a backbone is a decorator (timm's pattern), so adding one is one function here and
+one name in `harness.ledger.BACKBONES` (a test keeps the two in step; the ledger keeps its own
+copy so that validating a ledger never imports TensorFlow).
+
+Layers get explicit, stable names (`stack2_block1_conv1`, `stage3_sep`, ...) instead of Keras'
+global counters (`conv2d_17`), so freeze rules written as name patterns mean the same thing in
+every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import keras
+from keras import layers
+
+from harness.errors import InputError
+
+_REGISTRY: dict[str, Callable[..., keras.Model]] = {}
+
+BACKBONE_NAME = "backbone"
+
+
+def register_backbone(name: str):
+    """Decorator: `@register_backbone("vgg16")` makes `create_backbone("vgg16", ...)` call the
+    function with `(input_shape, weights=..., **options)`."""
+
+    def decorate(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"backbone '{name}' is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorate
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str, input_shape, weights: Optional[str] = None, **options) -> keras.Model:
+    """Build the registered backbone `name` for images of `input_shape` (H, W, 3).
+
+    `weights` is None (random init) or "imagenet" (only for keras.applications backbones; the
+    file must already be on disk, see `imagenet_weights_file`). Unknown names and options the
+    backbone does not take are InputErrors: a ledger typo must not silently build something else.
+    """
+    if name not in _REGISTRY:
+        raise InputError(f"backbone.name: unknown backbone '{name}'; known: {', '.join(list_backbones())}")
+    factory = _REGISTRY[name]
+    accepted = set(inspect.signature(factory).parameters) - {"input_shape", "weights"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        takes = ", ".join(sorted(accepted)) or "no options"
+        raise InputError(f"backbone: '{name}' does not take option(s) {', '.join(unknown)} (it takes: {takes})")
+    input_shape = tuple(int(d) for d in input_shape)
+    model = factory(input_shape, weights=weights, **options)
+    if model.name != BACKBONE_NAME:
+        raise AssertionError(f"backbone factory '{name}' must return a model named '{BACKBONE_NAME}'")
+    return model
+
+
+# --------------------------------------------------------------------------- imagenet weights
+
+# File names and md5 hashes exactly as keras.applications (Keras 3.15) downloads them.
+_IMAGENET_NOTOP = {
+    "vgg16": ("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"),
+    "densenet121": ("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "30ee3e1110167f948a6b9946edeeb738"),
+}
+_IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+def keras_models_dir() -> Path:
+    """The folder Keras caches downloaded weights in: $KERAS_HOME/models, else ~/.keras/models
+    (/tmp/.keras/models when the home folder is not writable, as Keras itself does). Read at
+    call time, so setting KERAS_HOME after Keras was imported still counts."""
+    if os.environ.get("KERAS_HOME"):
+        base = Path(os.environ["KERAS_HOME"]).expanduser()
+    else:
+        home = Path("~").expanduser()
+        base = (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+    return base / "models"
+
+
+def imagenet_weights_file(backbone: str) -> Path:
+    """Path of the no-top ImageNet weight file for `backbone`, checked to exist and to be the
+    file Keras expects.
+
+    Checked before calling keras.applications because, without a network, Keras would try to
+    download it and fail after a long timeout with an error that does not say where to put the
+    file. Training machines are often offline; this says exactly which file to place where.
+    """
+    file_name, md5 = _IMAGENET_NOTOP[backbone]
+    folder = keras_models_dir()
+    path = folder / file_name
+    if not path.is_file():
+        subdir = "vgg16" if backbone == "vgg16" else "densenet"
+        raise InputError(
+            f"backbone.weights: imagenet weights for {backbone} not found: place {file_name} in {folder}/ "
+            f"(download {_IMAGENET_URL}{subdir}/{file_name}; set KERAS_HOME to use another folder than ~/.keras)"
+        )
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != md5:
+        raise InputError(f"backbone.weights: {path} is not the file Keras expects (md5 mismatch; a partial download?)")
+    return path
+
+
+def _check_min_size(name: str, input_shape, minimum: int) -> None:
+    if input_shape[-1] != 3:
+        raise InputError(f"input_shape: backbone {name} needs 3-channel images, got {input_shape}")
+    if min(input_shape[:2]) < minimum:
+        raise InputError(f"data.image_size: backbone {name} needs images of at least {minimum}x{minimum}, got {input_shape[0]}x{input_shape[1]}")
+
+
+def _no_pretrained(name: str, weights) -> None:
+    if weights is not None:
+        raise InputError(f"backbone.weights: backbone {name} has no pretrained weights (got '{weights}'); use null")
+
+
+# --------------------------------------------------------------------------- keras.applications
+
+
+@register_backbone("vgg16")
+def vgg16(input_shape, weights=None) -> keras.Model:
+    """VGG16 convolutional part (include_top=False): the notes' original backbone, 14,714,688
+    parameters, output (S/32, S/32, 512). ImageNet weights expect `vgg16.preprocess_input`
+    (BGR, mean-subtracted, unscaled) inputs."""
+    _check_min_size("vgg16", input_shape, 32)
+    source = str(imagenet_weights_file("vgg16")) if weights == "imagenet" else None
+    return keras.applications.VGG16(include_top=False, weights=source, input_shape=input_shape, name=BACKBONE_NAME)
+
+
+@register_backbone("densenet121")
+def densenet121(input_shape, weights=None) -> keras.Model:
+    """DenseNet121 without its classifier: the notes' final backbone, 7,037,504 parameters,
+    output (S/32, S/32, 1024). ImageNet weights expect `densenet.preprocess_input` (torch mode)."""
+    _check_min_size("densenet121", input_shape, 32)
+    source = str(imagenet_weights_file("densenet121")) if weights == "imagenet" else None
+    return keras.applications.DenseNet121(include_top=False, weights=source, input_shape=input_shape, name=BACKBONE_NAME)
+
+
+# --------------------------------------------------------------------------- ResNet v1
+
+
+def _resnet_layer(x, name, filters=16, kernel_size=3, strides=1, activation="relu", batch_norm=True):
+    """keras.io cifar10_resnet `resnet_layer` with conv_first=True: Conv2D -> BN -> activation,
+    he_normal init and L2(1e-4) on the kernel, as in the original."""
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        kernel_initializer="he_normal",
+        kernel_regularizer=keras.regularizers.l2(1e-4),
+        name=f"{name}_conv",
+    )(x)
+    if batch_norm:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    if activation is not None:
+        x = layers.Activation(activation, name=f"{name}_{activation}")(x)
+    return x
+
+
+@register_backbone("resnet20v1")
+def resnet20v1(input_shape, weights=None, depth: Optional[int] = None) -> keras.Model:
+    """ResNet v1 for CIFAR-sized images (keras.io "cifar10_resnet", `resnet_v1`), depth 6n+2.
+
+    Three stacks of n basic blocks at 16, 32, 64 filters; the first block of stacks 2 and 3
+    halves the resolution and matches the shortcut with a 1x1 conv (no BN). The original ends
+    with AveragePooling2D(8) -> Flatten -> Dense(classes); that classifier is left to the head
+    (neck 'gap', neck_units null, no tower), so ResNet20 at 32x32 with 10 classes has exactly
+    the original's 274,442 parameters (273,066 trainable) as a whole model.
+    """
+    _no_pretrained("resnet20v1", weights)
+    depth = 20 if depth is None else int(depth)
+    if depth < 8 or (depth - 2) % 6 != 0:
+        raise InputError(f"backbone.depth: ResNet v1 depth must be 6n+2 (20, 32, 44, ...), got {depth}")
+    blocks = (depth - 2) // 6
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = _resnet_layer(inputs, "stem")
+    filters = 16
+    for stack in range(3):
+        for block in range(blocks):
+            name = f"stack{stack + 1}_block{block + 1}"
+            strides = 2 if stack > 0 and block == 0 else 1
+            y = _resnet_layer(x, f"{name}_1", filters, strides=strides)
+            y = _resnet_layer(y, f"{name}_2", filters, activation=None)
+            if strides != 1:
+                x = _resnet_layer(x, f"{name}_shortcut", filters, kernel_size=1, strides=strides,
+                                  activation=None, batch_norm=False)
+            x = layers.Add(name=f"{name}_add")([x, y])
+            x = layers.Activation("relu", name=f"{name}_out")(x)
+        filters *= 2
+    return keras.Model(inputs, x, name=BACKBONE_NAME)
+
+
+# --------------------------------------------------------------------------- custom CNN
+
+
+@register_backbone("custom")
+def custom(input_shape, weights=None, widths=(32, 64, 128, 256)) -> keras.Model:
+    """A compact CNN for 64-224 px person crops (the notes' eleventh iteration, "Custom").
+
+    Design, and why:
+    - Stem: 3x3 conv, stride 2, 32 filters, BN, ReLU. Halving at once keeps the expensive
+      full-resolution work to one layer: at 224 px the network costs ~0.36 G multiply-adds
+      per image (VGG16's conv base: ~15.4 G), so a GPU epoch takes seconds and a CPU can
+      train it at 64-96 px (1/12 of the work of 224 px).
+    - Four stages at widths 32-64-128-256, each: 3x3 conv-BN-ReLU (mixes channels, widens),
+      3x3 depthwise-separable conv-BN-ReLU (a second 3x3 receptive-field step at ~1/8 of the
+      cost of a full conv), then 2x2 max-pool. With the stem that is a /32 reduction: 7x7 at
+      224 px, 2x2 at 64 px. Two 3x3s per stage grow the receptive field to the whole crop,
+      which gender, pose and bag need (they are global cues, not textures).
+    - Batch norm after every conv: the ledger trains from scratch with SGD at LRs from 1e-4 to
+      1e-1; BN keeps that whole range usable without a warm-up.
+    - No classifier: the head's neck 'gap' (global average pooling) makes it size-agnostic, so
+      the same weights run at 64 px on CPU and 224 px on GPU.
+    - 492,480 parameters (VGG16's conv base: 14.7M), which suits ~11k training images.
+    Layer names are `stem_*` and `stage{k}_*`, so freeze rules can target stages.
+    """
+    _no_pretrained("custom", weights)
+    _check_min_size("custom", input_shape, 32)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for stage, width in enumerate(widths, start=1):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"stage{stage}_conv")(x)
+        x = layers.BatchNormalization(name=f"stage{stage}_conv_bn")(x)
+        x = layers.ReLU(name=f"stage{stage}_conv_relu")(x)
+        x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False, name=f"stage{stage}_sep")(x)
+        x = layers.BatchNormalization(name=f"stage{stage}_sep_bn")(x)
+        x = layers.ReLU(name=f"stage{stage}_sep_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    return keras.Model(inputs, x, name=BACKBONE_NAME)

@@ -1,0 +1,107 @@
+"""The full model: image -> nested backbone -> neck -> one tower per head -> softmax outputs.
+
+This is the notes' model made configurable by `iteration.head`:
+
+    VGG16 -> Flatten -> Dense(512, relu)                                  (the neck)
+    per head: Dropout(0.2) -> Dense(128, relu) -> Dropout(0.3) -> Dense(128, relu)   (the tower)
+              -> Dense(classes, softmax, name=f"{head}_output")
+
+`head.tower_defect` rebuilds the notes' bug exactly: the tower's second Dropout was applied to
+the tower input (`Dropout(0.3)(in_layer)`), so the first Dense never reaches an output and Keras
+leaves it out of the graph. That is why the notes' parameter counts (28,089,051 total,
+13,374,363 trainable with VGG16 frozen at 224 px) are lower than the fixed model's
+(28,221,147 / 13,506,459); both are asserted in tests.
+
+Single-head datasets (CIFAR-10) get one output, `class_output`, returned as a plain tensor so
+Keras logs `accuracy` / `val_accuracy` without a head prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import keras
+from keras import layers
+
+from harness.data.heads import heads_for
+from harness.errors import InputError
+from harness.models.backbones import create_backbone
+from harness.models.freeze import apply_freeze, policy_for
+
+
+def build_model(iteration, input_shape: Optional[tuple] = None, freeze: bool = True) -> keras.Model:
+    """Build the model an Iteration describes (no compile, no training).
+
+    `input_shape` defaults to (S, S, 3) with S = iteration.data.image_size. With `freeze` the
+    policy in force for the first pass is applied (passes[0].freeze, else backbone.freeze), so
+    `count_params(build_model(it))` gives the counts the first pass trains with; later passes
+    call `apply_freeze` again before recompiling.
+    """
+    size = iteration.data.image_size
+    input_shape = tuple(input_shape) if input_shape is not None else (size, size, 3)
+    spec = iteration.backbone
+    options = {}
+    if spec.depth is not None:
+        if spec.name != "resnet20v1":
+            raise InputError(f"{iteration.name}.backbone.depth: only resnet20v1 reads depth, not {spec.name}")
+        options["depth"] = spec.depth
+    try:
+        backbone = create_backbone(spec.name, input_shape, weights=spec.weights, **options)
+    except InputError as exc:
+        # Backbone messages start with the field ("backbone.weights: ..."); say which iteration.
+        raise InputError([f"{iteration.name}.{line}" for line in exc.lines]) from None
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    features = backbone(inputs)
+    # One neck shared by all heads; one tower per head, in the dataset's head order.
+    neck = _neck(features, iteration.head)
+    outputs = [_tower(neck, head, len(classes), iteration.head) for head, classes in heads_for(iteration.data.name).items()]
+    model = keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=re.sub(r"[^A-Za-z0-9_.-]", "_", iteration.name))
+    if freeze:
+        apply_freeze(model, policy_for(iteration, 0))
+    return model
+
+
+def _neck(features, cfg):
+    """Shared by all heads: Flatten (the notes) or global average pooling (size-agnostic,
+    and far fewer parameters after a conv base), then Dense(neck_units, relu) if set."""
+    if cfg.neck == "flatten":
+        x = layers.Flatten(name="neck_flatten")(features)
+    else:
+        x = layers.GlobalAveragePooling2D(name="neck_gap")(features)
+    if cfg.neck_units:
+        x = layers.Dense(cfg.neck_units, activation="relu", name="neck_dense")(x)
+    return x
+
+
+def _tower(neck, head: str, n_classes: int, cfg):
+    """One head's tower and softmax output.
+
+    Layer i is Dropout(tower_dropouts[i]) -> Dense(tower_units[i]) [-> BatchNormalization]
+    -> activation: ReLU, except the last tower layer, which uses `last_activation` (the
+    ninth iteration's "remove relu from the last layer"). With `tower_defect`, layer 1's
+    Dropout reads the tower input instead of layer 0's output, exactly as the notes wrote it,
+    so layer 0 is built but dead and Keras drops it from the model.
+    """
+    x = neck
+    count = len(cfg.tower_units)
+    for i, (units, rate) in enumerate(zip(cfg.tower_units, cfg.tower_dropouts)):
+        source = neck if (cfg.tower_defect and i == 1) else x
+        x = layers.Dropout(rate, name=f"{head}_dropout{i + 1}")(source)
+        x = layers.Dense(units, name=f"{head}_dense{i + 1}")(x)
+        if cfg.batch_norm:
+            x = layers.BatchNormalization(name=f"{head}_bn{i + 1}")(x)
+        activation = cfg.last_activation if i == count - 1 else "relu"
+        if activation != "linear":
+            x = layers.Activation(activation, name=f"{head}_{activation}{i + 1}")(x)
+    return layers.Dense(n_classes, activation="softmax", name=f"{head}_output")(x)
+
+
+def count_params(model: keras.Model) -> tuple[int, int, int]:
+    """(total, trainable, non_trainable) parameter counts, as `model.summary()` reports them:
+    trainable = weights the optimizer updates under the current freeze policy; non-trainable
+    = frozen weights plus BatchNormalization moving statistics."""
+    trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    non_trainable = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
+    return trainable + non_trainable, trainable, non_trainable
