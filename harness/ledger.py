@@ -213,6 +213,8 @@ class PassConfig(_Strict):
     # A constant LR, or a step schedule; with neither the optimizer's lr applies.
     lr: Optional[float] = Field(None, gt=0)
     schedule: Optional[StepSchedule] = None
+    # best: the previous pass's best checkpoint; last: the weights it ended with; none: fresh
+    # weights. Unset means "none" for the first pass and "last" for every later one.
     resume_from: Literal["best", "last", "none"] = "none"
     # What "best checkpoint" means for this pass.
     monitor: str = "val_loss"
@@ -599,6 +601,12 @@ def _innermost(errors: list[dict]) -> list[dict]:
 def _validate_iteration(merged: dict) -> Iteration:
     """Validate through JSON so strict mode takes YAML lists for tuples (JSON has only arrays)
     while still refusing a string where a number belongs."""
+    passes = merged.get("passes")
+    if isinstance(passes, list):  # unset resume_from: "none" for the first pass, "last" later
+        merged = dict(merged, passes=[
+            dict(p, resume_from="last") if i > 0 and isinstance(p, dict) and p.get("resume_from") is None else p
+            for i, p in enumerate(passes)
+        ])
     return Iteration.model_validate_json(json.dumps(merged, default=str))
 
 
@@ -624,7 +632,10 @@ def _cap_pass(pass_dict: dict, max_epochs: int) -> dict:
         capped["schedule"] = {"boundaries": boundaries, "values": values}
     stopping = pass_dict.get("early_stopping")
     if stopping:
-        capped["early_stopping"] = dict(stopping, patience=max(1, round(stopping["patience"] * scale)))
+        # Patience shrinks with the pass but never below 3 epochs (or the original), or a short
+        # profile run would stop at its first noisy epoch.
+        patience = stopping["patience"]
+        capped["early_stopping"] = dict(stopping, patience=max(min(patience, 3), round(patience * scale)))
     return capped
 
 

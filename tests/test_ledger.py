@@ -124,7 +124,7 @@ def test_profile_caps_epochs_and_scales_schedule_and_patience(tmp_path):
     assert cpu.passes[0].epochs == 2
     assert cpu.passes[0].schedule.boundaries == (1,)
     assert cpu.passes[0].schedule.values == (0.1, 0.01)  # boundary 8 scales to 2, the end of the pass
-    assert cpu.passes[0].early_stopping.patience == 1
+    assert cpu.passes[0].early_stopping.patience == 3  # 6 * 0.2 rounds to 1, floored at 3
     assert book.resolve("a", "full") == book.resolve("a")
 
 

@@ -213,6 +213,12 @@ def resnet20v1(input_shape, weights=None, depth: Optional[int] = None) -> keras.
 # --------------------------------------------------------------------------- custom CNN
 
 
+# Keras's default 0.99 needs several hundred steps before the moving statistics match the
+# weights; a CPU-profile run has ~50 steps an epoch and is judged on validation (inference-mode
+# BN) after a few epochs, so the statistics must settle within one epoch.
+BN_MOMENTUM = 0.9
+
+
 @register_backbone("custom")
 def custom(input_shape, weights=None, widths=(32, 64, 128, 256)) -> keras.Model:
     """A compact CNN for 64-224 px person crops (the notes' eleventh iteration, "Custom").
@@ -228,7 +234,7 @@ def custom(input_shape, weights=None, widths=(32, 64, 128, 256)) -> keras.Model:
       224 px, 2x2 at 64 px. Two 3x3s per stage grow the receptive field to the whole crop,
       which gender, pose and bag need (they are global cues, not textures).
     - Batch norm after every conv: the ledger trains from scratch with SGD at LRs from 1e-4 to
-      1e-1; BN keeps that whole range usable without a warm-up.
+      1e-1; BN keeps that whole range usable without a warm-up. Momentum 0.9 (see BN_MOMENTUM).
     - No classifier: the head's neck 'gap' (global average pooling) makes it size-agnostic, so
       the same weights run at 64 px on CPU and 224 px on GPU.
     - 492,480 parameters (VGG16's conv base: 14.7M), which suits ~11k training images.
@@ -238,14 +244,14 @@ def custom(input_shape, weights=None, widths=(32, 64, 128, 256)) -> keras.Model:
     _check_min_size("custom", input_shape, 32)
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for stage, width in enumerate(widths, start=1):
         x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"stage{stage}_conv")(x)
-        x = layers.BatchNormalization(name=f"stage{stage}_conv_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"stage{stage}_conv_bn")(x)
         x = layers.ReLU(name=f"stage{stage}_conv_relu")(x)
         x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False, name=f"stage{stage}_sep")(x)
-        x = layers.BatchNormalization(name=f"stage{stage}_sep_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"stage{stage}_sep_bn")(x)
         x = layers.ReLU(name=f"stage{stage}_sep_relu")(x)
         x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
     return keras.Model(inputs, x, name=BACKBONE_NAME)

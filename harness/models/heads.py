@@ -91,7 +91,7 @@ def _tower(neck, head: str, n_classes: int, cfg):
         x = layers.Dropout(rate, name=f"{head}_dropout{i + 1}")(source)
         x = layers.Dense(units, name=f"{head}_dense{i + 1}")(x)
         if cfg.batch_norm:
-            x = layers.BatchNormalization(name=f"{head}_bn{i + 1}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"{head}_bn{i + 1}")(x)  # settles within an epoch
         activation = cfg.last_activation if i == count - 1 else "relu"
         if activation != "linear":
             x = layers.Activation(activation, name=f"{head}_{activation}{i + 1}")(x)
