@@ -60,12 +60,105 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from harness.launch import run_iteration
+
+    book = _ledger(args)
+    if args.all and args.iterations:
+        raise _usage("give iteration names or --all, not both")
+    if not args.all and not args.iterations:
+        raise _usage("name at least one iteration (see `harness list`) or give --all")
+    names = book.names if args.all else args.iterations
+    for name in names:
+        book.resolve(name)  # every name checked before anything trains
+    code = 0
+    for name in names:
+        code = run_iteration(
+            book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh,
+            tracking_uri=args.tracking_uri, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all,
+        ) or code
+    return code
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from harness.launch import evaluate_iteration
+
+    book = _ledger(args)
+    result = evaluate_iteration(book, args.iteration, data_dir=args.data, tracking_uri=args.tracking_uri,
+                                log_to_run=args.log)
+    if args.json:
+        print(json.dumps(result["eval"], indent=1))
+    else:
+        print(f"{args.iteration}: run {result['run_id'][:8]} (profile {result['profile']}) on {args.data or 'default data'}")
+        for key, value in result["eval"].items():
+            print(f"  {key:<22} {value:.4f}")
+    return 0
+
+
+def cmd_params(args) -> int:
+    from harness.models import build_model, count_params
+
+    book = _ledger(args)
+    iteration = book.resolve(args.iteration, args.profile)
+    total, trainable, frozen = count_params(build_model(iteration))
+    print(f"{iteration.name} ({iteration.backbone.name}, {iteration.data.image_size} px, "
+          f"profile {args.profile or 'full'})")
+    print(f"total         {total:>12,}")
+    print(f"trainable     {trainable:>12,}")
+    print(f"non-trainable {frozen:>12,}")
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from harness.data.synth import generate
+
+    generate(args.out, args.n, args.seed)
+    print(f"wrote {args.n} synthetic images and hvc_annotations.csv to {args.out}")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from harness.report import run_table
+
+    book = _ledger(args)
+    return run_table(book, args.ledger, out=args.out, readme=args.readme, no_readme=args.no_readme,
+                     plot_path=args.plot, tracking_uri=args.tracking_uri)
+
+
+def cmd_ui(args) -> int:
+    from harness.ui import serve
+
+    return serve(args.tracking_uri, host=args.host, port=args.port)
+
+
+def cmd_lr_find(args) -> int:
+    from harness.launch import lr_find_iteration
+
+    lr_find_iteration(_ledger(args), args.iteration, profile=args.profile, data_dir=args.data,
+                      tracking_uri=args.tracking_uri, min_lr=args.min, max_lr=args.max, steps=args.steps,
+                      out=args.out)
+    return 0
+
+
+def _usage(message: str):
+    from harness.errors import InputError
+
+    return InputError(f"harness run: {message}")
+
+
 # --------------------------------------------------------------------------- parser
 
 
 def _add_ledger(parser):
     parser.add_argument("--ledger", default=DEFAULT_LEDGER, metavar="PATH",
                         help=f"ledger file (default {DEFAULT_LEDGER})")
+
+
+def _add_tracking(parser):
+    parser.add_argument("--tracking-uri", default=None, metavar="URI",
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +181,73 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check every iteration; exit 2 with one line per error")
     _add_ledger(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="train iterations and log them to MLflow (a killed run resumes)")
+    p.add_argument("iterations", nargs="*", metavar="ITER")
+    p.add_argument("--all", action="store_true", help="every iteration in ledger order, skipping finished ones")
+    _add_ledger(p)
+    p.add_argument("--profile", default=None, metavar="NAME",
+                   help="full, cpu or smoke (default: full with a GPU, cpu without)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset folder (default: $HARNESS_DATA, else a synthetic set in data/)")
+    p.add_argument("--fresh", action="store_true", help="start a new run instead of resuming an unfinished one")
+    p.add_argument("--skip-bad-rows", action="store_true", help="drop bad CSV rows (and say which) instead of stopping")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate the latest finished run's best checkpoint on a data folder")
+    p.add_argument("iteration")
+    _add_ledger(p)
+    p.add_argument("--data", default=None, metavar="DIR", help="folder in the hvc format (default: the run's data)")
+    p.add_argument("--json", action="store_true", help="print the eval dict as JSON")
+    p.add_argument("--log", action="store_true", help="also attach the result to the run in MLflow")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("lr-find", help="LR range test: loss against an exponentially rising LR, a suggested LR")
+    p.add_argument("iteration")
+    _add_ledger(p)
+    p.add_argument("--min", type=float, default=1e-7, help="first LR (default 1e-7)")
+    p.add_argument("--max", type=float, default=10.0, help="last LR (default 10)")
+    p.add_argument("--steps", type=int, default=100, help="batches, at most (default 100)")
+    p.add_argument("--profile", default=None, metavar="NAME", help="full, cpu or smoke (default: cpu without a GPU)")
+    p.add_argument("--data", default=None, metavar="DIR", help="dataset folder (as for run)")
+    p.add_argument("--out", default=None, metavar="FILE.png", help="also write the plot here")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("params", help="build the iteration's model (no training) and count its parameters")
+    p.add_argument("iteration")
+    _add_ledger(p)
+    p.add_argument("--profile", default=None, metavar="NAME", help="count for a profile (default: as written)")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data_sub.add_parser("synth", help="write a synthetic dataset in the real hvc format")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("table", help="regenerate the markdown results table from MLflow (no TensorFlow)")
+    _add_ledger(p)
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="results file (default experiments/RESULTS.md for runs.yaml, "
+                        "else experiments/RESULTS-<experiment>.md)")
+    p.add_argument("--readme", default=None, metavar="FILE",
+                   help="README whose results block to refresh (default README.md, for runs.yaml only)")
+    p.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw best val accuracy per head for each iteration, with majority rates")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("ui", help="the MLflow UI over the project's store (prints the URL to open)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_ui)
 
     return parser
 

@@ -251,6 +251,17 @@ class Augmentation(_Strict):
     cutout: Optional[Cutout] = None
 
 
+class ComputeConfig(_Strict):
+    """How to compute, not what: speed switches. They stay in the config sha because they can
+    change the numbers (mixed precision) or at least the path taken (feature cache)."""
+
+    # Train neck and heads on backbone features computed once, when the pass's backbone is
+    # frozen and no augmentation changes pixels between epochs.
+    feature_cache: bool = True
+    mixed_precision: Literal["none", "bfloat16", "float16"] = "none"
+    jit_compile: bool = False
+
+
 class ReportedPass(_Strict):
     """What the original notes reported for one pass, kept beside the reproduced numbers."""
 
@@ -277,6 +288,7 @@ class Iteration(_Strict):
     batch_size: BatchSize = BatchSize()
     passes: tuple[PassConfig, ...] = Field(min_length=1)
     augmentation: Augmentation = Augmentation()
+    compute: ComputeConfig = ComputeConfig()
     reported: tuple[ReportedPass, ...] = ()
     remark: str = ""
 

@@ -58,6 +58,7 @@ class Datasets:
     image_size: int
     cache_path: Optional[Path]
     _stream: Callable[[int], tf.data.Dataset]
+    _rows: Callable[[np.ndarray], tf.data.Dataset]
 
     @property
     def train(self) -> tf.data.Dataset:
@@ -68,22 +69,35 @@ class Datasets:
         """The endless training stream starting at `epoch` (0-based), for resumed passes."""
         return self._stream(epoch)
 
+    def rows(self, indices) -> tf.data.Dataset:
+        """Given table rows in the given order, unshuffled and unaugmented, as (x, labels)
+        batches of the validation batch size: what a frozen backbone's features are computed on."""
+        return self._rows(np.asarray(indices, dtype=np.int64))
+
     def train_epoch(self, epoch: int) -> tf.data.Dataset:
         """Exactly one epoch (finite), identical to that epoch of the stream."""
         return self._stream(epoch).take(self.steps_per_epoch)
 
 
-def make_datasets(iteration, table, train_idx, val_idx, cache_dir=None) -> Datasets:
-    """Build the training stream and validation dataset for `iteration` over `table` rows."""
+def make_datasets(iteration, table, train_idx, val_idx, cache_dir=None, features=None) -> Datasets:
+    """Build the training stream and validation dataset for `iteration` over `table` rows.
+
+    With `features` (an array indexed by table row: a frozen backbone's output for every row)
+    the same stream yields those instead of images: identical order and batching, so training
+    the head on them follows the image path step for step."""
     size = iteration.data.image_size
     train_idx = np.asarray(train_idx, dtype=np.int64)
     val_idx = np.asarray(val_idx, dtype=np.int64)
     if not len(train_idx):
         raise ValueError("make_datasets needs at least one training row")
-    source = _Source(table, size, iteration.data.cache, cache_dir)
+    if features is None:
+        source = _Source(table, size, iteration.data.cache, cache_dir)
+        finish = _finisher(table, size, source.native_size, iteration)
+    else:
+        source = _FeatureSource(features)
+        finish = _label_finisher(table)
     batch = min(iteration.batch_size.train, len(train_idx))
     steps = max(1, len(train_idx) // batch)
-    finish = _finisher(table, size, source.native_size, iteration)
     seed = int(iteration.seed)
 
     def stream(start_epoch: int) -> tf.data.Dataset:
@@ -115,6 +129,7 @@ def make_datasets(iteration, table, train_idx, val_idx, cache_dir=None) -> Datas
         image_size=size,
         cache_path=source.cache_path,
         _stream=stream,
+        _rows=lambda rows: _eval_batches(source, finish, rows, iteration.batch_size.eval),
     )
 
 
@@ -169,6 +184,39 @@ def _finisher(table, size: int, native_size: int, iteration):
         return x, y
 
     return finish
+
+
+def _label_finisher(table):
+    """Feature batches pass through untouched (no resize, no augmentation); labels one-hot."""
+    labels = {head: tf.constant(values, dtype=tf.int32) for head, values in table.labels.items()}
+    widths = {head: len(classes) for head, classes in table.heads.items()}
+
+    def finish(features, rows, batch_number):
+        y = {f"{head}_output": tf.one_hot(tf.gather(labels[head], rows), widths[head], dtype=tf.float32)
+             for head in labels}
+        return features, y
+
+    return finish
+
+
+class _FeatureSource:
+    """Row indices -> batches of precomputed features, gathered like cached images."""
+
+    cache_path = None
+
+    def __init__(self, features: np.ndarray):
+        self.array = features
+
+    def batches(self, ids: tf.data.Dataset, batch: int, drop_remainder: bool) -> tf.data.Dataset:
+        array = self.array
+        shape = [None, *array.shape[1:]]
+
+        def gather(rows):
+            values = tf.numpy_function(lambda r: np.ascontiguousarray(array[r]), [rows], tf.float32, stateful=False)
+            values.set_shape(shape)
+            return values, rows
+
+        return ids.batch(batch, drop_remainder=drop_remainder).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class _Source:

@@ -1,0 +1,250 @@
+"""`harness run` and `harness eval` end to end: ledger -> data -> model -> train -> tracking.
+
+The order is chosen so that bad input costs nothing: the ledger is resolved and the data
+validated (every CSV row, every image) before a run is opened in MLflow or a file is written.
+A killed run is resumed when the same command is given again, unless its config changed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Optional
+
+from harness import ledger as ledger_mod
+from harness.errors import InputError
+
+
+def gpu_visible() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def choose_profile(book, name: str, requested: Optional[str], log=print) -> str:
+    """An explicit --profile wins; otherwise `cpu` when no GPU is visible, announced on the
+    first line together with the command that trains the ledger as written."""
+    if requested:
+        log(f"profile {requested}: {book.profiles[requested].description if requested in book.profiles else 'the ledger as written'}")
+        return requested
+    if gpu_visible():
+        log("profile full: a GPU is visible, training the ledger as written")
+        return "full"
+    description = book.profiles["cpu"].description
+    log(f"profile cpu (no GPU visible): {description}. "
+        f"To train as written: harness run {name} --ledger {book.path} --profile full")
+    return "cpu"
+
+
+class ConsoleReporter:
+    """Prints a header per pass and passes every event on to the tracker."""
+
+    def __init__(self, tracker, iteration, data_label: str, profile: str, log=print):
+        self.tracker, self.iteration, self.data_label, self.profile, self.log = tracker, iteration, data_label, profile, log
+
+    def pass_started(self, index, iteration):
+        pass_ = iteration.passes[index]
+        start = "" if index == 0 else f", from pass {index}'s {pass_.resume_from}"
+        stopping = f", early stopping patience {pass_.early_stopping.patience}" if pass_.early_stopping else ""
+        self.log(f"== {iteration.name} pass {index + 1}/{len(iteration.passes)}: {pass_.epochs} epochs, "
+                 f"{pass_.describe_lr(iteration.optimizer.lr)}{start}{stopping} | data {self.data_label} | "
+                 f"profile {self.profile}")
+        self.tracker.pass_started(index, iteration)
+
+    def epoch_finished(self, pass_index, step, metrics):
+        self.tracker.epoch_finished(pass_index, step, metrics)
+
+    def pass_finished(self, index, result):
+        heads = ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items() if k.endswith("acc"))
+        self.log(f"   pass {index + 1} eval: loss {result.eval.get('loss', float('nan')):.4f}; {heads}")
+        self.tracker.pass_finished(index, result)
+
+
+def _model_summary(model) -> str:
+    buffer = io.StringIO()
+    model.summary(print_fn=lambda line, *a, **k: buffer.write(line + "\n"), expand_nested=True)
+    return buffer.getvalue()
+
+
+class Prepared:
+    """An iteration resolved under its profile, its data validated and split, seeds set."""
+
+    def __init__(self, book, iteration, profile, table, parts, data_dir):
+        self.iteration, self.profile, self.table, self.parts = iteration, profile, table, parts
+        self.tags = {
+            "harness.ledger": str(book.path),
+            "harness.profile": profile,
+            "harness.data": str(getattr(table, "fingerprint", "")),
+            "harness.data_dir": str(getattr(table, "folder", data_dir or "")),
+        }
+
+    def datasets(self, cache_dir: Optional[str] = None):
+        from harness.data.pipeline import make_datasets
+
+        return make_datasets(self.iteration, self.table, self.parts.train, self.parts.val, cache_dir=cache_dir)
+
+
+def _prepare(book, name, profile, data_dir, skip_bad_rows, log) -> Prepared:
+    """Everything before tracking: bad input fails here, before MLflow or a file is touched."""
+    from harness.data.source import open_dataset
+    from harness.data.split import split
+
+    book.resolve(name)  # a bad name or field fails before TensorFlow is even imported
+    profile = choose_profile(book, name, profile, log)
+    iteration = book.resolve(name, profile)
+    table, messages = open_dataset(iteration, data_dir, skip_bad_rows=skip_bad_rows)
+    for message in messages:
+        log(message)
+    from harness.train import set_seeds
+
+    set_seeds(iteration.seed)
+    parts = split(table, iteration.data.val_fraction, iteration.data.split_seed,
+                  validate_on_train=iteration.data.validate_on_train)
+    if parts.message:
+        log(parts.message)
+    return Prepared(book, iteration, profile, table, parts, data_dir)
+
+
+def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
+                  fresh: bool = False, tracking_uri: Optional[str] = None, skip_bad_rows: bool = False,
+                  skip_finished: bool = False, log=print) -> int:
+    """Train one iteration; returns an exit code (0 done or skipped, 1 diverged)."""
+    prepared = _prepare(book, name, profile, data_dir, skip_bad_rows, log)
+    iteration, table, parts = prepared.iteration, prepared.table, prepared.parts
+
+    from harness.tracking import Store
+
+    store = Store(tracking_uri)
+    sha = iteration.config_sha()
+    if skip_finished:
+        done = store.latest_finished(book.experiment, name, sha)
+        if done is not None:
+            log(f"{name}: already finished with this config (run {done.info.run_id[:8]}), skipping")
+            return 0
+    resume_run = None
+    if not fresh:
+        previous = store.resumable(book.experiment, name)
+        if previous is not None:
+            old_sha = previous.data.tags.get("harness.config_sha")
+            if old_sha == sha:
+                resume_run = previous
+                log(f"{name}: resuming unfinished run {previous.info.run_id[:8]} (use --fresh to start over)")
+            else:
+                log(f"{name}: not resuming run {previous.info.run_id[:8]}: its config sha {old_sha} differs from "
+                    f"the ledger's {sha}; starting fresh")
+
+    import numpy as np
+
+    from harness.data.pipeline import make_datasets
+    from harness.train import FeatureInputs, Runner, TrainingDiverged
+
+    bundle = prepared.datasets(str(store.root / "cache"))
+    data_label = f"{Path(str(getattr(table, 'folder', data_dir or iteration.data.name))).name} " \
+                 f"({bundle.n_train} train / {bundle.n_val} val, {iteration.data.image_size} px)"
+    tags = prepared.tags
+    tracker = store.open_tracker(book.experiment, iteration, tags, resume_run=resume_run, log=log)
+    if resume_run is None:
+        from harness.models import build_model, count_params
+
+        model = build_model(iteration)
+        total, trainable, _ = count_params(model)
+        tracker.log_model_facts(total, trainable, _model_summary(model))
+        del model
+    features = FeatureInputs(
+        rows=np.union1d(parts.train, parts.val), n_rows=len(table),
+        build=lambda array: make_datasets(iteration, table, parts.train, parts.val, features=array),
+    )
+    runner = Runner(iteration, bundle, tracker.workdir, ConsoleReporter(tracker, iteration, data_label, profile, log),
+                    log, feature_inputs=features)
+    if resume_run is not None:
+        replayed = tracker.replay(runner.state.history)
+        if replayed:
+            log(f"{name}: logged {replayed} epoch(s) the killed process had finished but not reported")
+    try:
+        results = runner.run()
+    except TrainingDiverged as exc:
+        tracker.fail(f"diverged: {exc}")
+        log(f"{name}: FAILED, training diverged: {exc}. The last good checkpoint is in {tracker.workdir}")
+        return 1
+    except KeyboardInterrupt:
+        tracker.fail("interrupted", status="KILLED")
+        log(f"{name}: interrupted; run the same command again to resume")
+        raise
+    except BaseException as exc:
+        tracker.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    last_pass = runner.pass_dir(len(iteration.passes) - 1)
+    final = last_pass / "best.keras" if (last_pass / "best.keras").exists() else last_pass / "final.keras"
+    summary = tracker.finish(runner.state.history, results, final)
+    key = next((k for k in ("best_val_gender_acc", "best_val_acc") if k in summary), None)
+    best = f"best {key[5:]} {summary[key]:.4f} at epoch {int(summary['best_epoch'])}" if key else "no val accuracy"
+    log(f"{name}: FINISHED, {best}; run {tracker.run_id}; open the UI with `make ui` "
+        f"(experiment {book.experiment})")
+    return 0
+
+
+def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri: Optional[str] = None,
+                       log_to_run: bool = False) -> dict:
+    """The notes' evaluate dict for the latest finished run's best checkpoint on any folder in
+    the hvc format (a held-out set, say)."""
+    from harness.tracking import Store
+
+    book.resolve(name)
+    store = Store(tracking_uri)
+    run = store.latest_finished(book.experiment, name)
+    if run is None:
+        raise InputError(f"{name}: no finished run in experiment '{book.experiment}' of {store.uri}; "
+                         f"train it first with `make run ITER={name}`")
+    profile = run.data.tags.get("harness.profile", "full")
+    iteration = book.resolve(name, profile)
+
+    import tempfile
+
+    import keras
+
+    from harness.data.heads import heads_for
+    from harness.data.pipeline import eval_dataset
+    from harness.train import harness_metrics, labels_for_model
+
+    heads = heads_for(iteration.data.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = store.download(run.info.run_id, "checkpoint", Path(tmp))
+        files = sorted(Path(checkpoint).glob("*.keras"))
+        if not files:
+            raise InputError(f"{name}: run {run.info.run_id} has no checkpoint artifact")
+        model = keras.models.load_model(files[0])
+        dataset, _labels = eval_dataset(data_dir, iteration)
+        logs = model.evaluate(labels_for_model(dataset, heads), return_dict=True, verbose=0)
+    result = dict(sorted(harness_metrics(logs, heads).items()))
+    if log_to_run:
+        store.client.log_dict(run.info.run_id, result, f"eval/{Path(str(data_dir)).name or 'data'}.json")
+    return {"run_id": run.info.run_id, "profile": profile, "eval": result}
+
+
+def lr_find_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
+                      tracking_uri: Optional[str] = None, min_lr: float = 1e-7, max_lr: float = 10.0,
+                      steps: int = 100, out: Optional[str] = None, log=print) -> dict:
+    """The LR range test for an iteration's first pass, logged as an `ITER/lr-find` run."""
+    from harness import lrfind
+    from harness.plots import close
+    from harness.tracking import Store, log_lr_find
+
+    if steps < 5:
+        raise InputError(f"lr-find: --steps must be at least 5 (got {steps})")
+    if not 0 < min_lr < max_lr:
+        raise InputError(f"lr-find: need 0 < --min < --max (got {min_lr:g}, {max_lr:g})")
+    prepared = _prepare(book, name, profile, data_dir, False, log)
+    store = Store(tracking_uri)
+    curve = lrfind.range_test(prepared.iteration, prepared.datasets(str(store.root / "cache")),
+                              min_lr, max_lr, steps, log)
+    figure = lrfind.plot(curve, f"{name}: LR range test ({prepared.profile} profile)")
+    if out:
+        figure.savefig(out, dpi=110)
+    run_id = log_lr_find(store, book.experiment, prepared.iteration, prepared.tags, curve, figure)
+    close(figure)
+    stop = f"diverged at {curve.diverged_at:.3g}" if curve.diverged_at else f"no divergence up to {curve.max_lr:.3g}"
+    log(f"{name}: suggested LR {curve.suggestion():.3g} (steepest loss descent); {stop}; "
+        f"{len(curve.lrs)} batches; run {run_id} ({name}/lr-find, open with `make ui`)")
+    return {"suggested_lr": curve.suggestion(), "max_lr": curve.max_lr, "diverged": curve.diverged_at is not None,
+            "batches": len(curve.lrs), "run_id": run_id}

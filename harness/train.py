@@ -1,0 +1,457 @@
+"""Run one iteration: its passes, LR schedules, checkpoints, early stopping and resume.
+
+No YAML and no MLflow here: the runner gets a resolved Iteration and the datasets, and reports
+every finished epoch and pass to a `reporter` (harness.tracking's, or a test's). What it keeps
+on disk is a work folder per run:
+
+    state.json              passes done, epochs done in the current pass, per-epoch history
+    pass-K/best.keras       best model of pass K by its monitor
+    pass-K/last.keras       model + optimizer state after the last completed epoch of pass K
+    pass-K/final.keras      the weights pass K ended with (after restore-best)
+
+Every file is written under a temporary name and renamed into place, so a kill at any moment
+leaves the previous complete checkpoint to resume from. The state is written before the epoch
+is reported, and the state carries the epoch's metrics, so a resumed run can report the epochs
+that never reached the tracker and report none twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+
+from harness.ledger import Iteration, PassConfig
+
+
+# An epoch whose training loss is this many times the run's lowest so far has diverged: real
+# training never gets there, while an absurd LR can keep the loss finite (clipped softmax, huge
+# weights) long after the model is ruined.
+EXPLOSION_FACTOR = 1000.0
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN or infinite, or exploded; the last good checkpoint is kept."""
+
+
+class Reporter(Protocol):
+    def pass_started(self, index: int, iteration: Iteration) -> None: ...
+    def epoch_finished(self, pass_index: int, step: int, metrics: dict) -> None: ...
+    def pass_finished(self, index: int, result: "PassResult") -> None: ...
+
+
+@dataclass
+class PassResult:
+    index: int
+    eval: dict  # the notes' evaluate dict, in harness names: loss, {head}_acc, {head}_loss
+    best_checkpoint: Path
+    best_epoch: Optional[int]  # global step of the best epoch by the pass's monitor
+    stopped_early: bool
+    predictions: dict  # head -> predicted class index per validation example
+    labels: dict  # head -> true class index per validation example
+
+
+@dataclass
+class RunState:
+    done_passes: list = field(default_factory=list)
+    pass_index: int = 0
+    epochs_in_pass: int = 0  # completed epochs of pass_index
+    history: list = field(default_factory=list)  # [{"step", "pass", "metrics"}]
+    best: dict = field(default_factory=dict)  # str(pass index) -> {"value", "step"}
+    wait: int = 0  # epochs since the monitor last improved (early stopping)
+
+    @property
+    def step(self) -> int:
+        return len(self.history)
+
+    @classmethod
+    def load(cls, workdir: Path) -> "RunState":
+        path = workdir / "state.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def save(self, workdir: Path) -> None:
+        _atomic_write_text(workdir / "state.json", json.dumps(self.__dict__, indent=1))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def set_seeds(seed: int) -> None:
+    """Python, NumPy and TensorFlow seeds plus op determinism: same seed, same CPU run."""
+    import keras
+    import tensorflow as tf
+
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    # Keras retraces predict for each new dataset shape (features, then images); the warning
+    # that follows is about speed, not correctness, and would bury the epoch lines.
+    tf.get_logger().setLevel("ERROR")
+
+
+def harness_metrics(logs: dict, heads: dict) -> dict:
+    """Keras log names -> DESIGN.md names: `gender_output_accuracy` -> `gender_acc`;
+    a single-head model's `accuracy` -> `acc`."""
+    single = len(heads) == 1
+    out = {}
+    for key, value in logs.items():
+        prefix = "val_" if key.startswith("val_") else ""
+        name = key[len(prefix):]
+        if name == "loss":
+            out[prefix + "loss"] = float(value)
+            continue
+        for head in heads:
+            stem = f"{head}_output_"
+            if name.startswith(stem) or single:
+                kind = name[len(stem):] if name.startswith(stem) else name
+                short = {"accuracy": "acc", "loss": "loss"}.get(kind)
+                if short:
+                    key_out = short if single else f"{head}_{short}"
+                    out[prefix + key_out] = float(value)
+                break
+    return out
+
+
+@dataclass
+class FeatureInputs:
+    """What the runner needs to train on cached backbone features: the table rows to compute
+    them for, the table's length, and how to turn a row-indexed feature array into datasets
+    (harness.data.pipeline.make_datasets with `features=`)."""
+
+    rows: np.ndarray
+    n_rows: int
+    build: callable
+
+
+def head_model(model):
+    """The model minus its backbone: the neck, towers and outputs as a model over the
+    backbone's output. Its layers are the full model's own, so training it trains them."""
+    import keras
+
+    backbone = model.get_layer("backbone")
+    return keras.Model(backbone._inbound_nodes[0].output_tensors[0], model.outputs, name="head")
+
+
+def labels_for_model(dataset, heads: dict):
+    """A single-output Keras model wants plain label arrays, not a one-key dict."""
+    if len(heads) != 1:
+        return dataset
+    key = f"{next(iter(heads))}_output"
+    return dataset.map(lambda image, labels: (image, labels[key]))
+
+
+def monitor_mode(monitor: str) -> str:
+    return "max" if monitor.endswith("acc") else "min"
+
+
+def lr_for_epoch(pass_: PassConfig, default_lr: float, epoch: int) -> float:
+    if pass_.schedule is not None:
+        return pass_.schedule.lr_at(epoch)
+    return pass_.lr if pass_.lr is not None else default_lr
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model, path: Path) -> None:
+    """Keras insists on a `.keras` suffix, so the temporary name keeps it."""
+    tmp = path.with_name(f"tmp-{path.name}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- callback
+
+
+def _make_callback(runner: "Runner", index: int, pass_: PassConfig):
+    import keras  # here, not at module level, so importing this module stays cheap
+
+    class PassCallback(keras.callbacks.Callback):
+        """LR per epoch, best/last checkpoints, early stopping, NaN stop, reporting."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(lr_for_epoch(pass_, runner.iteration.optimizer.lr, epoch))
+            self._started = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                runner.diverged = f"loss became {float(loss)} in pass {index + 1}, epoch {runner.state.epochs_in_pass + 1}"
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = harness_metrics(logs or {}, runner.heads)
+            metrics["lr"] = float(self.model.optimizer.learning_rate)
+            metrics["epoch_seconds"] = time.perf_counter() - self._started
+            lowest = min((h["metrics"]["loss"] for h in runner.state.history), default=math.inf)
+            if not runner.diverged and metrics.get("loss", 0) > EXPLOSION_FACTOR * lowest:
+                runner.diverged = (f"loss exploded to {metrics['loss']:.3g} ({EXPLOSION_FACTOR:g}x the lowest so far, "
+                                   f"{lowest:.3g}) in pass {index + 1}, epoch {epoch + 1}")
+            if runner.diverged or not all(math.isfinite(v) for v in metrics.values()):
+                runner.diverged = runner.diverged or f"non-finite metrics in pass {index + 1}, epoch {epoch + 1}"
+                self.model.stop_training = True
+                return  # keep the last good checkpoint; report nothing from a broken epoch
+            runner.epoch_done(index, pass_, self.model, metrics)
+
+    return PassCallback()
+
+
+# --------------------------------------------------------------------------- runner
+
+
+@dataclass
+class Runner:
+    """Trains `iteration` on `bundle` (from harness.data.pipeline.make_datasets) in `workdir`."""
+
+    iteration: Iteration
+    bundle: object
+    workdir: Path
+    reporter: Reporter
+    log: callable = print
+    feature_inputs: Optional["FeatureInputs"] = None
+    state: RunState = field(init=False)
+    diverged: Optional[str] = field(default=None, init=False)
+    stopped_early: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.state = RunState.load(self.workdir)
+        self.heads = self.bundle.heads
+        self.data = self.bundle
+        self._features: dict = {}
+
+    @property
+    def resuming(self) -> bool:
+        return self.state.step > 0 or bool(self.state.done_passes)
+
+    def pass_dir(self, index: int) -> Path:
+        path = self.workdir / f"pass-{index + 1}"
+        path.mkdir(exist_ok=True)
+        return path
+
+    # ---- per epoch
+
+    def epoch_done(self, index: int, pass_: PassConfig, model, metrics: dict) -> None:
+        """`model` is the one being fit (it gets stop_training); checkpoints are always of the
+        whole model, even when the fit runs on cached features."""
+        state = self.state
+        step = state.step + 1
+        monitor = pass_.monitor
+        value = metrics.get(monitor)
+        best = state.best.get(str(index))
+        improved = value is not None and (
+            best is None or (value > best["value"] if monitor_mode(monitor) == "max" else value < best["value"])
+        )
+        if improved:
+            save_model_atomic(self.full_model, self.pass_dir(index) / "best.keras")
+            state.best[str(index)] = {"value": value, "step": step}
+        stopping = pass_.early_stopping
+        if stopping:
+            watched = metrics.get(stopping.monitor)
+            if stopping.monitor == monitor:
+                state.wait = 0 if improved else state.wait + 1
+            else:
+                key = f"{index}:{stopping.monitor}"
+                prev = state.best.get(key)
+                better = prev is None or (
+                    watched > prev["value"] if monitor_mode(stopping.monitor) == "max" else watched < prev["value"]
+                )
+                if better:
+                    state.best[key] = {"value": watched, "step": step}
+                state.wait = 0 if better else state.wait + 1
+            if state.wait >= stopping.patience:
+                model.stop_training = True
+                self.stopped_early = True
+        save_model_atomic(self.full_model, self.pass_dir(index) / "last.keras")
+        state.history.append({"step": step, "pass": index, "metrics": metrics})
+        state.epochs_in_pass += 1
+        state.save(self.workdir)
+        self.reporter.epoch_finished(index, step, metrics)
+
+    # ---- per pass
+
+    def _model_for_pass(self, index: int, pass_: PassConfig):
+        """The model a pass starts from: a fresh build, the previous pass's best or final
+        weights, or (resuming mid-pass) the last checkpoint with its optimizer state."""
+        import keras
+
+        from harness.models import apply_freeze, build_model
+
+        if self.state.pass_index == index and self.state.epochs_in_pass > 0:
+            last = self.pass_dir(index) / "last.keras"
+            self.log(f"resuming pass {index + 1} after epoch {self.state.epochs_in_pass} from {last}")
+            return keras.models.load_model(last), True
+        model = build_model(self.iteration)
+        if index > 0 and pass_.resume_from != "none":
+            name = "best.keras" if pass_.resume_from == "best" else "final.keras"
+            source = self.pass_dir(index - 1) / name
+            if not source.exists():  # a pass that never improved has no best: use where it ended
+                source = self.pass_dir(index - 1) / "final.keras"
+            self.log(f"pass {index + 1} starts from pass {index}'s {pass_.resume_from} checkpoint ({source.name})")
+            model.set_weights(keras.models.load_model(source, compile=False).get_weights())
+        apply_freeze(model, pass_.freeze if pass_.freeze is not None else self.iteration.backbone.freeze)
+        self._compile(model, pass_)
+        return model, False
+
+    def _compile(self, model, pass_: PassConfig, optimizer=None) -> None:
+        import keras
+
+        opt = self.iteration.optimizer
+        if optimizer is None:
+            lr = lr_for_epoch(pass_, opt.lr, 0)
+            optimizer = (keras.optimizers.SGD(lr, momentum=opt.momentum) if opt.name == "sgd"
+                         else keras.optimizers.Adam(lr))
+        outputs = [f"{head}_output" for head in self.heads]
+        model.compile(
+            optimizer=optimizer,
+            loss={name: "categorical_crossentropy" for name in outputs},
+            metrics={name: ["accuracy"] for name in outputs},
+            jit_compile=self.iteration.compute.jit_compile,
+        )
+
+    # ---- frozen-backbone feature cache
+
+    def _feature_cache_applies(self, pass_: PassConfig) -> bool:
+        """Features can stand in for images only when the backbone cannot change (frozen for
+        the whole pass) and the images cannot either (no flip or cutout between epochs)."""
+        it = self.iteration
+        policy = pass_.freeze if pass_.freeze is not None else it.backbone.freeze
+        return (it.compute.feature_cache and self.feature_inputs is not None and policy == "backbone"
+                and not it.augmentation.flip and it.augmentation.cutout is None)
+
+    def _feature_data(self, model):
+        """Datasets of backbone features for every train and val row, computed once per set of
+        backbone weights (passes that reload the same frozen backbone reuse them)."""
+        backbone = model.get_layer("backbone")
+        key = float(sum(np.abs(w).sum(dtype=np.float64) for w in backbone.get_weights()))
+        if key not in self._features:
+            inputs = self.feature_inputs
+            started = time.perf_counter()
+            images = self.bundle.rows(inputs.rows).map(lambda x, y: x)
+            computed = backbone.predict(images, verbose=0).astype(np.float32)
+            features = np.zeros((inputs.n_rows, *computed.shape[1:]), np.float32)
+            features[inputs.rows] = computed
+            self._features[key] = inputs.build(features)
+            self.log(f"feature cache: backbone features of {len(inputs.rows)} images computed once "
+                     f"({time.perf_counter() - started:.1f} s, {features.nbytes / 2**20:.0f} MiB in memory); "
+                     f"the neck and heads train on them (compute.feature_cache: false turns this off)")
+        return self._features[key]
+
+    def _train_data(self, start_epoch: int):
+        """The endless training stream from `start_epoch`, with per-head sample weights when
+        the ledger asks for class weighting (Keras's class_weight only handles single-output
+        models)."""
+        stream = self._for_model(self.data.train_from(start_epoch))
+        if not self.iteration.loss.class_weighting:
+            return stream
+        import tensorflow as tf
+
+        from harness.data.split import class_weights
+
+        tables = {f"{head}_output": tf.constant(class_weights(self.bundle.train_labels[head], len(classes)),
+                                                dtype=tf.float32)
+                  for head, classes in self.heads.items()}
+
+        def add_weights(image, labels):
+            # Keras matches sample weights to the model's outputs by position (its outputs are a
+            # list in head order), while labels are matched by output name.
+            by_output = labels if isinstance(labels, dict) else {next(iter(tables)): labels}
+            weights = tuple(tf.gather(table, tf.argmax(by_output[name], axis=-1)) for name, table in tables.items())
+            return image, labels, weights if len(weights) > 1 else weights[0]
+
+        return stream.map(add_weights)
+
+    def _for_model(self, dataset):
+        return labels_for_model(dataset, self.heads)
+
+    @property
+    def _val(self):
+        return self._for_model(self.data.val)
+
+    def run_pass(self, index: int) -> PassResult:
+        import keras
+
+        it = self.iteration
+        pass_ = it.passes[index]
+        self.reporter.pass_started(index, it)
+        model, resumed = self._model_for_pass(index, pass_)
+        self.full_model, fit_model, self.data = model, model, self.bundle
+        if self._feature_cache_applies(pass_):
+            self.data = self._feature_data(model)
+            fit_model = head_model(model)
+            self._compile(fit_model, pass_, optimizer=model.optimizer)  # shared: saved with the model
+        self.stopped_early = False
+        if self.state.pass_index != index:
+            self.state.pass_index, self.state.epochs_in_pass, self.state.wait = index, 0, 0
+        if self.state.epochs_in_pass < pass_.epochs:
+            fit_model.fit(
+                # the stream is keyed by the global epoch, so every pass sees fresh orders
+                self._train_data(self.state.step),
+                steps_per_epoch=self.data.steps_per_epoch,
+                validation_data=self._val,
+                epochs=pass_.epochs,
+                initial_epoch=self.state.epochs_in_pass,
+                callbacks=[_make_callback(self, index, pass_)],
+                shuffle=False,  # the stream is shuffled, per epoch and seeded, by the data layer
+                verbose=2,
+            )
+        if self.diverged:
+            raise TrainingDiverged(self.diverged)
+        best_path = self.pass_dir(index) / "best.keras"
+        restore = pass_.early_stopping.restore_best if pass_.early_stopping else False
+        if restore and best_path.exists():
+            model.set_weights(keras.models.load_model(best_path, compile=False).get_weights())
+        save_model_atomic(model, self.pass_dir(index) / "final.keras")
+        result = self._evaluate(index, fit_model, best_path)
+        self.state.done_passes.append(index)
+        self.state.pass_index, self.state.epochs_in_pass, self.state.wait = index + 1, 0, 0
+        self.state.save(self.workdir)
+        self.reporter.pass_finished(index, result)
+        self.model = model
+        return result
+
+    def _evaluate(self, index: int, model, best_path: Path) -> PassResult:
+        logs = model.evaluate(self._val, return_dict=True, verbose=0)
+        eval_dict = {k: v for k, v in harness_metrics(logs, self.heads).items()}
+        raw = model.predict(self._val, verbose=0)
+        if not isinstance(raw, dict):  # a list in output order, or one array for one head
+            raw = dict(zip(model.output_names, raw if isinstance(raw, (list, tuple)) else [raw]))
+        predictions = {head: np.argmax(raw[f"{head}_output"], axis=-1) for head in self.heads}
+        best = self.state.best.get(str(index))
+        return PassResult(
+            index=index,
+            eval=dict(sorted(eval_dict.items())),
+            best_checkpoint=best_path if best_path.exists() else self.pass_dir(index) / "final.keras",
+            best_epoch=best["step"] if best else None,
+            stopped_early=self.stopped_early,
+            predictions=predictions,
+            labels=dict(self.bundle.val_labels),
+        )
+
+    def run(self) -> list[PassResult]:
+        import keras
+
+        policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+        previous = keras.mixed_precision.global_policy().name
+        keras.mixed_precision.set_global_policy(policy[self.iteration.compute.mixed_precision])
+        try:
+            results = []
+            for index in range(len(self.iteration.passes)):
+                if index in self.state.done_passes:
+                    continue
+                results.append(self.run_pass(index))
+            return results
+        finally:
+            keras.mixed_precision.set_global_policy(previous)

@@ -1,0 +1,404 @@
+"""Training and tracking end to end: real TensorFlow, a real SQLite MLflow store in a temp folder,
+a tiny synthetic dataset in the real hvc format."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import ledger
+from harness.data.heads import HVC_HEADS
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """\
+experiment: tiny
+defaults:
+  seed: 3
+  data: {name: hvc, image_size: 32, val_fraction: 0.25, cache: memory}
+  backbone: {name: custom, freeze: none}
+  head: {neck: gap, neck_units: 16, tower_units: [8], tower_dropouts: [0.0]}
+  optimizer: {name: adam, lr: 0.003}
+  batch_size: {train: 16, eval: 16}
+profiles:
+  cpu: {set: {}, max_epochs_per_pass: 2}
+  smoke: {set: {}, max_epochs_per_pass: 1}
+iterations:
+  one:
+    passes: [{epochs: 2, monitor: val_gender_acc}]
+  two:
+    extends: one
+    passes:
+      - {epochs: 2}
+      - {epochs: 2, lr: 0.0005, resume_from: best}
+  weighted:
+    extends: one
+    loss: {class_weighting: true}
+    passes: [{epochs: 1}]
+  diverge:
+    extends: one
+    optimizer: {name: sgd, lr: 0.001, momentum: 0.9}
+    passes:
+      - epochs: 3
+        schedule: {boundaries: [1], values: [0.001, 1.0e+30]}
+  frozen:
+    extends: one
+    backbone: {name: vgg16, freeze: backbone}
+    head: {neck: flatten}
+    optimizer: {name: sgd, lr: 0.01, momentum: 0.9}
+    passes: [{epochs: 2}, {epochs: 1, lr: 0.001, resume_from: best}]
+  frozen_uncached:
+    extends: frozen
+    compute: {feature_cache: false}
+  mixed:
+    extends: one
+    head: {batch_norm: true}
+    compute: {mixed_precision: bfloat16, jit_compile: true}
+    passes: [{epochs: 1}]
+  slow:
+    extends: one
+    data: {image_size: 64}
+    passes:
+      - {epochs: 3}
+      - {epochs: 3, resume_from: best}
+"""
+
+METRICS = {"loss", "val_loss", "lr", "epoch_seconds"} | {
+    f"{prefix}{head}_{kind}" for head in HVC_HEADS for prefix in ("", "val_") for kind in ("acc", "loss")
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from harness.data.synth import generate
+
+    folder = tmp_path_factory.mktemp("synth")
+    generate(folder, 96, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def other_synth(tmp_path_factory):
+    from harness.data.synth import generate
+
+    folder = tmp_path_factory.mktemp("heldout")
+    generate(folder, 40, seed=11)
+    return folder
+
+
+@pytest.fixture()
+def book(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return ledger.load(path)
+
+
+@pytest.fixture()
+def store_uri(tmp_path):
+    return f"sqlite:///{tmp_path}/store/mlflow.db"
+
+
+def run(book, name, synth, uri, **kwargs):
+    from harness.launch import run_iteration
+
+    lines = []
+    code = run_iteration(book, name, profile=kwargs.pop("profile", "full"), data_dir=str(synth),
+                         tracking_uri=uri, log=lines.append, **kwargs)
+    return code, lines
+
+
+def parents(uri, name):
+    from harness.tracking import Store
+
+    store = Store(uri)
+    return store, store.parent_runs("tiny", name)
+
+
+def steps(store, run_id, key):
+    return [m.step for m in sorted(store.client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_two_passes_log_one_parent_two_children_with_contiguous_steps(book, synth, store_uri):
+    code, lines = run(book, "two", synth, store_uri)
+    assert code == 0, lines
+    assert lines[0].startswith("profile full")
+    assert any(line.startswith("== two pass 2/2: 2 epochs, lr 0.0005, from pass 1's best") for line in lines)
+    assert "FINISHED, best val_gender_acc" in lines[-1]
+
+    store, runs = parents(store_uri, "two")
+    assert len(runs) == 1
+    parent = runs[0]
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "two"
+    tags = parent.data.tags
+    assert tags["harness.iteration"] == "two" and tags["harness.extends"] == "one"
+    assert tags["harness.config_sha"] == book.resolve("two").config_sha()
+    assert tags["harness.profile"] == "full" and tags["harness.data"]
+    assert tags["harness.ledger"].endswith("tiny.yaml")
+    assert parent.data.params["optimizer.lr"] == "0.003"
+
+    children = store.child_runs(parent)
+    assert [c.info.run_name for c in children] == ["two/pass-1", "two/pass-2"]
+    assert all(c.info.status == "FINISHED" for c in children)
+
+    assert METRICS <= set(parent.data.metrics)
+    for key in METRICS:
+        assert steps(store, parent.info.run_id, key) == [1, 2, 3, 4], key
+    assert steps(store, children[0].info.run_id, "val_gender_acc") == [1, 2]
+    assert steps(store, children[1].info.run_id, "val_gender_acc") == [3, 4]
+    lrs = [m.value for m in sorted(store.client.get_metric_history(parent.info.run_id, "lr"), key=lambda m: m.step)]
+    assert lrs == pytest.approx([0.003, 0.003, 0.0005, 0.0005])
+
+    history = [m.value for m in store.client.get_metric_history(parent.info.run_id, "val_gender_acc")]
+    assert parent.data.metrics["best_val_gender_acc"] == pytest.approx(max(history))
+    assert parent.data.metrics["total_params"] > parent.data.metrics["trainable_params"] > 0 or \
+        parent.data.metrics["total_params"] == parent.data.metrics["trainable_params"]
+
+    artifacts = {a.path for a in store.client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "checkpoint", "plots", "model_summary.txt", "eval.json"} <= artifacts
+    assert [a.path for a in store.client.list_artifacts(parent.info.run_id, "plots")] == ["plots/training_curves.png"]
+    child_files = {a.path for a in store.client.list_artifacts(children[1].info.run_id)}
+    assert {"eval.json", "checkpoint", "plots"} <= child_files
+    plots = {a.path for a in store.client.list_artifacts(children[1].info.run_id, "plots")}
+    assert plots == {f"plots/confusion_{head}.png" for head in HVC_HEADS}
+    local = Path(store.download(children[1].info.run_id, "eval.json", store.root / "dl"))
+    evaluated = json.loads(local.read_text())
+    assert set(evaluated) == {"loss"} | {f"{h}_{k}" for h in HVC_HEADS for k in ("acc", "loss")}
+
+
+def test_resume_from_best_starts_from_the_best_weights(book, synth, store_uri):
+    import keras
+
+    from harness.data.hvc import split
+    from harness.data.pipeline import make_datasets
+    from harness.data.source import open_dataset
+    from harness.train import Runner
+
+    iteration = book.resolve("two")
+    table, _ = open_dataset(iteration, str(synth))
+    train_idx, val_idx, *_ = split(table, 0.25, 1)
+    bundle = make_datasets(iteration, table, train_idx, val_idx)
+
+    class Quiet:
+        def pass_started(self, *a): pass
+        def epoch_finished(self, *a): pass
+        def pass_finished(self, *a): pass
+
+    workdir = Path(store_uri[len("sqlite:///"):]).parent / "work"
+    runner = Runner(iteration, bundle, workdir, Quiet(), log=lambda *_: None)
+    first = runner.run_pass(0)
+    best = keras.models.load_model(first.best_checkpoint)
+    model, resumed = runner._model_for_pass(1, iteration.passes[1])
+    assert not resumed
+    for got, want in zip(model.get_weights(), best.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    # and the best checkpoint is the one whose val_loss was lowest
+    logged = [h["metrics"]["val_loss"] for h in runner.state.history]
+    scored = best.evaluate(bundle.val, return_dict=True, verbose=0)
+    assert scored["loss"] == pytest.approx(min(logged), rel=1e-4)
+
+
+def test_same_seed_gives_identical_validation_metrics(book, synth, store_uri):
+    run(book, "one", synth, store_uri)
+    run(book, "one", synth, store_uri, fresh=True)
+    store, runs = parents(store_uri, "one")
+    assert len(runs) == 2
+    for key in ("val_loss", "val_gender_acc", "val_age_loss"):
+        a, b = ([m.value for m in sorted(store.client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)]
+                for r in runs)
+        assert a == b, key
+
+
+def test_class_weighting_trains(book, synth, store_uri):
+    code, lines = run(book, "weighted", synth, store_uri)
+    assert code == 0, lines
+
+
+def test_eval_scores_another_folder(book, synth, other_synth, store_uri):
+    from harness.launch import evaluate_iteration
+
+    run(book, "one", synth, store_uri)
+    result = evaluate_iteration(book, "one", data_dir=str(other_synth), tracking_uri=store_uri)
+    assert set(result["eval"]) == {"loss"} | {f"{h}_{k}" for h in HVC_HEADS for k in ("acc", "loss")}
+    assert all(0 <= result["eval"][f"{h}_acc"] <= 1 for h in HVC_HEADS)
+    store, runs = parents(store_uri, "one")
+    assert not any(a.path.startswith("eval/") for a in store.client.list_artifacts(runs[0].info.run_id))
+
+
+def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(book, synth, store_uri):
+    code, lines = run(book, "diverge", synth, store_uri)
+    assert code == 1
+    assert "diverged" in lines[-1]
+    store, runs = parents(store_uri, "diverge")
+    assert runs[0].info.status == "FAILED"
+    assert "diverged" in runs[0].data.tags["harness.failure_reason"]
+    workdir = store.workdir(runs[0].info.run_id)
+    state = json.loads((workdir / "state.json").read_text())
+    assert len(state["history"]) == 1  # epoch 1 at lr 1e-3 was good, epoch 2 blew up
+    assert (workdir / "pass-1" / "last.keras").exists()
+    import keras
+
+    keras.models.load_model(workdir / "pass-1" / "last.keras")  # loadable, not half-written
+    assert steps(store, runs[0].info.run_id, "loss") == [1]
+
+
+def test_all_skips_iterations_already_finished_with_the_same_config(book, synth, store_uri):
+    run(book, "one", synth, store_uri)
+    code, lines = run(book, "one", synth, store_uri, skip_finished=True)
+    assert code == 0 and any("already finished" in line for line in lines)
+    _, runs = parents(store_uri, "one")
+    assert len(runs) == 1
+
+
+def test_sigkill_then_rerun_resumes_the_same_run(book, synth, tmp_path, store_uri):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "harness.cli", "run", "slow", "--ledger", str(book.path),
+               "--profile", "full", "--data", str(synth), "--tracking-uri", store_uri]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    store_root = Path(store_uri[len("sqlite:///"):]).parent
+    deadline = time.time() + 240
+    killed_after = None
+    while time.time() < deadline and process.poll() is None:
+        states = list(store_root.glob("work/*/state.json"))
+        if states:
+            history = json.loads(states[0].read_text())["history"]
+            if len(history) >= 1:
+                process.send_signal(signal.SIGKILL)
+                killed_after = len(history)
+                break
+        time.sleep(0.05)
+    process.wait(timeout=30)
+    assert killed_after is not None, process.stdout.read().decode()[-2000:]
+    assert killed_after < 6
+
+    store, runs = parents(store_uri, "slow")
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"
+    run_id = runs[0].info.run_id
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"resuming unfinished run {run_id[:8]}" in rerun.stdout
+
+    store, runs = parents(store_uri, "slow")
+    assert len(runs) == 1 and runs[0].info.run_id == run_id
+    assert runs[0].info.status == "FINISHED"
+    for key in ("loss", "val_gender_acc", "lr"):
+        assert steps(store, run_id, key) == [1, 2, 3, 4, 5, 6], key
+    children = store.child_runs(runs[0])
+    assert [c.info.run_name for c in children] == ["slow/pass-1", "slow/pass-2"]
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_changed_config_is_not_resumed(book, synth, tmp_path, store_uri):
+    from harness.tracking import Store
+
+    # an unfinished run of `one` from an older config: open it and leave it RUNNING
+    store = Store(store_uri)
+    old = book.resolve("two")  # a different config under the name `one`
+    tracker = store.open_tracker("tiny", old.model_copy(update={"name": "one"}), {})
+    (tracker.workdir).mkdir(parents=True, exist_ok=True)
+    (tracker.workdir / "state.json").write_text(json.dumps({"history": []}))
+    code, lines = run(book, "one", synth, store_uri)
+    assert code == 0
+    assert any("not resuming run" in line and "differs" in line for line in lines)
+    _, runs = parents(store_uri, "one")
+    assert len(runs) == 2 and runs[0].info.status == "FINISHED" and runs[1].info.status == "RUNNING"
+
+
+def test_feature_cache_matches_the_image_path_and_saves_the_whole_model(book, synth, other_synth, store_uri):
+    from harness.launch import evaluate_iteration
+
+    code, cached_lines = run(book, "frozen", synth, store_uri)
+    assert code == 0
+    assert any(line.startswith("feature cache: backbone features of 96 images computed once") for line in cached_lines)
+    code, lines = run(book, "frozen_uncached", synth, store_uri)
+    assert code == 0
+    assert not any(line.startswith("feature cache") for line in lines)
+    store, _ = parents(store_uri, None)
+    histories = {}
+    for name in ("frozen", "frozen_uncached"):
+        run_id = store.parent_runs("tiny", name)[0].info.run_id
+        histories[name] = {key: [m.value for m in sorted(store.client.get_metric_history(run_id, key),
+                                                          key=lambda m: m.step)]
+                           for key in ("val_loss", "val_gender_acc", "loss")}
+    for key in ("val_loss", "val_gender_acc", "loss"):
+        assert len(histories["frozen"][key]) == 3
+        assert histories["frozen"][key] == pytest.approx(histories["frozen_uncached"][key], rel=1e-4, abs=1e-5), key
+    # the checkpoint is the whole model: it scores image folders
+    result = evaluate_iteration(book, "frozen", data_dir=str(other_synth), tracking_uri=store_uri)
+    assert "gender_acc" in result["eval"]
+
+
+def test_interrupted_pass_on_cached_features_resumes_mid_pass(book, synth, tmp_path):
+    from harness.data.pipeline import make_datasets
+    from harness.data.source import open_dataset
+    from harness.data.split import split
+    from harness.train import FeatureInputs, Runner
+
+    iteration = book.resolve("frozen")
+    table, _ = open_dataset(iteration, str(synth))
+    parts = split(table, 0.25, 1)
+    bundle = make_datasets(iteration, table, parts.train, parts.val)
+    inputs = FeatureInputs(np.union1d(parts.train, parts.val), len(table),
+                           lambda array: make_datasets(iteration, table, parts.train, parts.val, features=array))
+
+    class StopAfterFirstEpoch:
+        def __init__(self): self.steps = []
+        def pass_started(self, *a): pass
+        def epoch_finished(self, pass_index, step, metrics):
+            self.steps.append(step)
+            raise KeyboardInterrupt
+        def pass_finished(self, *a): pass
+
+    first = StopAfterFirstEpoch()
+    with pytest.raises(KeyboardInterrupt):
+        Runner(iteration, bundle, tmp_path / "work", first, log=lambda *_: None, feature_inputs=inputs).run()
+    assert first.steps == [1]
+
+    class Record:
+        def __init__(self): self.steps = []
+        def pass_started(self, *a): pass
+        def epoch_finished(self, pass_index, step, metrics): self.steps.append(step)
+        def pass_finished(self, *a): pass
+
+    second = Record()
+    lines = []
+    runner = Runner(iteration, bundle, tmp_path / "work", second, log=lines.append, feature_inputs=inputs)
+    runner.run()
+    assert second.steps == [2, 3]
+    assert any("resuming pass 1 after epoch 1" in line for line in lines)
+    assert [h["step"] for h in runner.state.history] == [1, 2, 3]
+
+
+def test_mixed_precision_and_jit_switches_do_not_break_a_cpu_run(book, synth, store_uri):
+    import keras
+
+    code, lines = run(book, "mixed", synth, store_uri)
+    assert code == 0, lines
+    store, [parent] = parents(store_uri, "mixed")
+    assert parent.data.params["compute.mixed_precision"] == "bfloat16"
+    assert parent.data.params["compute.jit_compile"] == "True"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever runs next
+
+
+def test_bad_data_exits_2_and_writes_nothing(tmp_path, synth):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "hvc_annotations.csv").write_text((synth / "hvc_annotations.csv").read_text().replace(",male,", ",mail,", 1))
+    shutil.copytree(synth / "resized", bad / "resized")
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "base", "--profile", "smoke", "--data", str(bad),
+         "--tracking-uri", uri], cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "hvc_annotations.csv:" in errors[0] and "mail" in errors[0]
+    assert not (tmp_path / "store").exists()
