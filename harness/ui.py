@@ -1,0 +1,114 @@
+"""`harness ui`: the MLflow UI over the project's store.
+
+    harness ui                       # http://127.0.0.1:5000, the store of `harness run`
+    harness ui --port 5050 --tracking-uri sqlite:///elsewhere/mlflow.db
+
+Runs `mlflow server` (uvicorn, one worker) over the SQLite store with its artifact root served,
+bound to 127.0.0.1 unless --host says otherwise, and prints the URL once the server answers.
+Ctrl-C or SIGTERM to this process stops the server. MLflow's GenAI job runner is switched off:
+a results UI does not need its background workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Optional
+
+from harness.errors import InputError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+STARTUP_SECONDS = 120
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def url_for(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float = STARTUP_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          log=print) -> int:
+    """Start the server, print its URL, wait until it ends (or this process is told to stop)."""
+    from harness.tracking import absolute_uri, explicit_uri, resolve_uri, server_command
+
+    if not 0 < port < 65536:
+        raise InputError(f"harness ui: --port {port} is not a TCP port")
+    if not port_free(host, port):
+        raise InputError(f"harness ui: {host}:{port} is already in use; pick another with --port")
+    uri = absolute_uri(resolve_uri(explicit_uri(tracking_uri)))
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    # Its own process group, so that stopping it reaches uvicorn too, whatever happens to mlflow.
+    process = subprocess.Popen(server_command(uri, host, port), env=env, start_new_session=True)
+    stopping: list[float] = []
+
+    def stop(signum, _frame):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # mlflow server passes it on to uvicorn
+        stopping.append(time.monotonic())
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    url = url_for(host, port)
+    if not wait_until_up(url, process):
+        stop(signal.SIGTERM, None)
+        _reap(process, stopping)
+        log(f"harness ui: the MLflow server did not come up on {host}:{port} (see its output above)")
+        return 1
+    log(f"MLflow UI for {uri}")
+    log(f"open {url}  (pid {os.getpid()}; Ctrl-C stops it)")
+    log("compare iterations: pick the experiment, select runs, Compare, then the val_gender_acc chart")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log(f"note: bound to {host}: anyone who can reach this machine on port {port} can read the runs")
+    sys.stdout.flush()
+    return _reap(process, stopping)
+
+
+def _reap(process: subprocess.Popen, stopping: list[float], grace: float = 20.0) -> int:
+    """Wait for the server to end; once asked to stop, kill its process group after `grace`
+    seconds, or at once on a second stop signal."""
+    while True:
+        try:
+            code = process.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if stopping and (len(stopping) > 1 or time.monotonic() - stopping[0] > grace):
+                _kill_group(process.pid, signal.SIGKILL)
+    _kill_group(process.pid, signal.SIGTERM)  # a uvicorn left behind by a dead mlflow
+    return 0 if stopping or code == 0 else 1
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
