@@ -156,13 +156,14 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1500)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON (for bench/run_all.py)")
     args = parser.parse_args(argv)
     folder = Path(args.data)
     if not (folder / "hvc_annotations.csv").is_file():
         print(f"{folder}: no hvc_annotations.csv; set HARNESS_HVC_REAL or pass --data DIR", file=sys.stderr)
         return 2
     rows = measure(folder, args.n, args.size, args.batch)
-    print(markdown(rows, args.n, args.size, args.batch))
+    print(json.dumps(rows) if args.json else markdown(rows, args.n, args.size, args.batch))
     return 0
 
 

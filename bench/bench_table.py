@@ -1,0 +1,117 @@
+"""Wall time of `harness table` over a store of 500 runs (the issue's bound: under 3 s).
+
+    .venv/bin/python bench/bench_table.py [--runs 500] [--repeat 3]
+
+Builds a throwaway SQLite store holding RUNS finished parent runs of runs.yaml's iterations
+(the same tags, params and per-epoch metrics `harness run` logs: 10 epochs of every head's
+metrics plus the summary metrics; a few runs stale, a few failed), then times the command as a
+researcher types it, in a fresh process each time (imports included). Prints one markdown table.
+Not a test: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+EPOCHS = 10
+
+
+def populate(uri: str, n_runs: int) -> None:
+    from mlflow.entities import Metric, Param
+
+    from harness import ledger
+    from harness.data.heads import HVC_HEADS
+    from harness.ledger import flatten
+    from harness.tracking import Store
+
+    book = ledger.load(REPO / "runs.yaml")
+    store = Store(uri)
+    client = store.client
+    experiment_id = store.experiment_id(book.experiment)
+    profiles = ("smoke", "cpu", "full")
+    resolved = {}
+    now = int(time.time() * 1000)
+    for i in range(n_runs):
+        name = book.names[i % len(book.names)]
+        profile = profiles[(i // len(book.names)) % len(profiles)]
+        key = (name, profile)
+        if key not in resolved:
+            resolved[key] = book.resolve(name, profile)
+        it = resolved[key]
+        sha = it.config_sha() if i % 17 else "0ld5ha0ld5ha"  # every 17th run: an older config
+        run = client.create_run(experiment_id, run_name=name, start_time=now + i, tags={
+            "harness.kind": "iteration", "harness.iteration": name, "harness.extends": it.extends or "",
+            "harness.config_sha": sha, "harness.profile": profile, "harness.ledger": "runs.yaml",
+            "harness.data": "bench", "mlflow.source.name": "harness run", "mlflow.source.type": "LOCAL",
+        })
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(it.training_dict()).items()][:100]
+        metrics = []
+        for step in range(1, EPOCHS + 1):
+            values = {"loss": 2.0 / step, "val_loss": 2.2 / step, "lr": 1e-3, "epoch_seconds": 40.0 + step % 3}
+            for h, head in enumerate(HVC_HEADS):
+                acc = 0.4 + 0.03 * step + 0.01 * h + 0.001 * (i % 7)
+                values |= {f"{head}_acc": acc, f"{head}_loss": 1 / step, f"val_{head}_acc": acc - 0.02,
+                           f"val_{head}_loss": 1.1 / step}
+            metrics += [Metric(k, v, now + step, step) for k, v in values.items()]
+        best = {f"best_val_{head}_acc": 0.4 + 0.03 * EPOCHS + 0.01 * h + 0.001 * (i % 7) - 0.02
+                for h, head in enumerate(HVC_HEADS)}
+        best |= {"best_epoch": EPOCHS, "total_params": 28221147, "trainable_params": 13506459,
+                 "mean_epoch_seconds": 41.0}
+        metrics += [Metric(k, float(v), now, 0) for k, v in best.items()]
+        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        client.set_terminated(run.info.run_id, "FAILED" if i % 23 == 0 else "FINISHED")
+
+
+def time_command(argv: list[str], repeat: int, cwd: Path) -> list[float]:
+    times = []
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-table-") as tmp:
+        tmp = Path(tmp)
+        uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+        start = time.perf_counter()
+        populate(uri, args.runs)
+        built = time.perf_counter() - start
+        base = [sys.executable, "-m", "harness.cli", "table", "--ledger", str(REPO / "runs.yaml"),
+                "--out", str(tmp / "RESULTS.md"), "--no-readme", "--tracking-uri", uri]
+        cases = [  # (label, command, the issue's bound in seconds or None)
+            ("`harness table`", base, 3.0),
+            ("`harness table --plot FILE.png`", base + ["--plot", str(tmp / "results.png")], None),
+            ("`python -c 'import harness.tracking'` (the MLflow import floor)",
+             [sys.executable, "-c", "import harness.tracking"], None),
+        ]
+        print(f"store: {args.runs} finished/failed parent runs of runs.yaml, {EPOCHS} epochs each "
+              f"(built in {built:.0f} s); {args.repeat} fresh processes per case, imports included\n")
+        print("| case | median s | min s | max s | bound |")
+        print("|:--|--:|--:|--:|:--|")
+        for label, argv, bound in cases:
+            times = time_command(argv, args.repeat, tmp)
+            median = statistics.median(times)
+            verdict = "" if bound is None else f"< {bound:g} s: {'yes' if median < bound else 'NO'}"
+            print(f"| {label} | {median:.2f} | {min(times):.2f} | {max(times):.2f} | {verdict} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Training speed, each pair measured side by side in one run on the same real data.
+
+    HARNESS_HVC_REAL=../shared/data/hvc .venv/bin/python bench/bench_training.py [--which cache|overhead]
+
+cache:    a frozen-VGG16 epoch at 96 px (the `first` iteration's head), through the image path
+          (backbone forward on every image, every epoch) against the feature cache (the
+          backbone's features computed once, the neck and towers trained on them). Epochs after
+          the first, so neither side pays for tracing; the one-off feature computation is
+          reported on its own row.
+overhead: `harness run` against a bare `model.fit` of the same model on the same datasets: the
+          cost of checkpoints, state file and MLflow logging. The harness's epoch period is read
+          from the timestamps MLflow stored with each epoch's metrics (end of epoch k+1 minus
+          end of epoch k, so everything done per epoch counts); the bare fit's from a callback
+          at the same point. Median over the epochs after the first.
+
+Prints markdown, or one JSON object with --json (bench/run_all.py collects those).
+Not a test: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from harness import ledger  # noqa: E402
+
+DEFAULT_DATA = os.environ.get("HARNESS_HVC_REAL", str(ROOT / ".." / "shared" / "data" / "hvc"))
+
+
+def _iteration(base: str, **changes):
+    """An iteration of runs.yaml with a few fields changed (validated like any other)."""
+    resolved = ledger.load(ROOT / "runs.yaml").resolve(base).to_dict()
+    return ledger._validate_iteration(ledger.deep_merge(resolved, changes))
+
+
+def _epoch_timer():
+    import keras
+
+    class EpochEnds(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.ends = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ends.append(time.perf_counter())
+
+    return EpochEnds()
+
+
+def _periods(ends: list[float]) -> list[float]:
+    return [b - a for a, b in zip(ends, ends[1:])]
+
+
+def measure_cache(folder: Path, n: int, size: int, epochs: int = 3) -> dict:
+    from harness.data.hvc import load_hvc
+    from harness.data.pipeline import make_datasets
+    from harness.data.split import split
+    from harness.models import build_model
+    from harness.train import Runner, head_model, set_seeds
+
+    iteration = _iteration("first", data={"image_size": size, "cache": "memory", "limit": n},
+                           passes=[{"epochs": epochs}])
+    set_seeds(1)
+    table = load_hvc(folder, limit=n)
+    parts = split(table, 0.15, 1)
+    images = make_datasets(iteration, table, parts.train, parts.val)
+    runner = Runner(iteration, images, tempfile.mkdtemp(), reporter=None, log=lambda *_: None)
+
+    model = build_model(iteration)
+    runner._compile(model, iteration.passes[0])
+    timer = _epoch_timer()
+    model.fit(images.train, steps_per_epoch=images.steps_per_epoch, validation_data=images.val,
+              epochs=epochs, callbacks=[timer], verbose=0)
+    uncached = statistics.median(_periods(timer.ends))
+
+    model = build_model(iteration)
+    started = time.perf_counter()
+    rows = np.union1d(parts.train, parts.val)
+    computed = model.get_layer("backbone").predict(images.rows(rows).map(lambda x, y: x), verbose=0)
+    features = np.zeros((len(table), *computed.shape[1:]), np.float32)
+    features[rows] = computed
+    cached_data = make_datasets(iteration, table, parts.train, parts.val, features=features)
+    feature_seconds = time.perf_counter() - started
+    head = head_model(model)
+    runner._compile(head, iteration.passes[0])
+    timer = _epoch_timer()
+    head.fit(cached_data.train, steps_per_epoch=cached_data.steps_per_epoch, validation_data=cached_data.val,
+             epochs=epochs, callbacks=[timer], verbose=0)
+    cached = statistics.median(_periods(timer.ends))
+    return {"n_train": int(len(parts.train)), "n_val": int(len(parts.val)), "size": size,
+            "uncached_epoch_s": uncached, "cached_epoch_s": cached, "feature_compute_s": feature_seconds,
+            "ratio": uncached / cached}
+
+
+def measure_overhead(folder: Path, n: int, size: int, epochs: int = 5) -> dict:
+    from harness.data.hvc import load_hvc
+    from harness.data.pipeline import make_datasets
+    from harness.data.split import split
+    from harness.launch import run_iteration
+    from harness.models import build_model
+    from harness.tracking import Store
+    from harness.train import Runner, set_seeds
+
+    changes = dict(data={"image_size": size, "cache": "memory", "limit": n},
+                   passes=[{"epochs": epochs, "lr": 0.001}])
+    iteration = _iteration("eleventh", **changes)
+
+    # bare: the same model and datasets, plain model.fit
+    set_seeds(iteration.seed)
+    table = load_hvc(folder, limit=n)
+    parts = split(table, iteration.data.val_fraction, iteration.data.split_seed)
+    data = make_datasets(iteration, table, parts.train, parts.val)
+    model = build_model(iteration)
+    Runner(iteration, data, tempfile.mkdtemp(), reporter=None, log=lambda *_: None)._compile(model, iteration.passes[0])
+    train = data.train
+    if iteration.loss.class_weighting:  # weigh as the harness does, so both do the same work
+        runner = Runner(iteration, data, tempfile.mkdtemp(), reporter=None, log=lambda *_: None)
+        train = runner._train_data(0)
+    timer = _epoch_timer()
+    model.fit(train, steps_per_epoch=data.steps_per_epoch, validation_data=data.val, epochs=epochs,
+              callbacks=[timer], verbose=0)
+    bare = statistics.median(_periods(timer.ends))
+
+    # harness: the full `harness run`, into a throwaway store
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger_path = Path(tmp) / "bench.yaml"
+        ledger_path.write_text(json.dumps({
+            "experiment": "bench", "profiles": {"cpu": {}, "smoke": {}},
+            "iterations": {"overhead": {k: v for k, v in iteration.to_dict().items() if k not in ("name", "extends")}},
+        }))
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        book = ledger.load(ledger_path)
+        run_iteration(book, "overhead", profile="full", data_dir=str(folder), tracking_uri=uri,
+                      log=lambda *_: None)
+        store = Store(uri)
+        run = store.parent_runs("bench", "overhead")[0]
+        history = sorted(store.client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        harness = statistics.median(_periods([m.timestamp / 1000 for m in history]))
+    return {"n_train": int(len(parts.train)), "size": size, "bare_epoch_s": bare, "harness_epoch_s": harness,
+            "ratio": harness / bare}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--which", choices=["cache", "overhead"], required=True)
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--n", type=int, default=None, help="images (default 1200 for cache, 1500 for overhead)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    folder = Path(args.data)
+    if not (folder / "hvc_annotations.csv").is_file():
+        print(f"{folder}: no hvc_annotations.csv; set HARNESS_HVC_REAL or pass --data DIR", file=sys.stderr)
+        return 2
+    if args.which == "cache":
+        result = measure_cache(folder, args.n or 1200, 96)
+        text = (f"| frozen VGG16 epoch, 96 px, {result['n_train']} images | uncached {result['uncached_epoch_s']:.2f} s"
+                f" | cached {result['cached_epoch_s']:.3f} s | {result['ratio']:.1f}x |\n"
+                f"(feature computation, once: {result['feature_compute_s']:.1f} s)")
+    else:
+        result = measure_overhead(folder, args.n or 1500, 64)
+        text = (f"| epoch, custom CNN 64 px, {result['n_train']} images | bare fit {result['bare_epoch_s']:.2f} s | "
+                f"harness run {result['harness_epoch_s']:.2f} s | {result['ratio']:.3f} |")
+    print(json.dumps(result) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""`make bench`: every benchmark in bench/, one markdown table, written to BENCHMARKS.md.
+
+Each row is measured side by side in this one run, on the same data, and each measurement runs
+in its own process so its peak memory (max RSS, from wait4) is its own:
+  (a) input pipeline images/s against the notes' per-item loader   bench_pipeline.py
+  (b) frozen-VGG16 epoch at 96 px, feature cache against images    bench_training.py --which cache
+  (c) `harness run` epoch against a bare model.fit                  bench_training.py --which overhead
+  (d) `harness list`, and `harness table` over a 500-run store      (timed here, fresh processes)
+Targets: (a) >= 3x, (b) >= 20x, (c) <= 1.05, (d) < 1.5 s and < 3 s. A missed target is shown as
+missed, never hidden. The real hvc subset comes from HARNESS_HVC_REAL (default ../shared/data/hvc).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BENCH = ROOT / "bench"
+
+
+def run_measured(argv: list[str], cwd: Path = ROOT) -> tuple[str, float, float]:
+    """(stdout, wall seconds, peak RSS MiB) of one child process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        child = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        text = out.read().decode()
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {child.returncode}")
+    return text, wall, usage.ru_maxrss / 1024
+
+
+def last_json(text: str):
+    return json.loads([line for line in text.splitlines() if line.startswith(("{", "["))][-1])
+
+
+def machine() -> str:
+    model = ""
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({model or platform.processor()}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def main() -> int:
+    python = sys.executable
+    data = os.environ.get("HARNESS_HVC_REAL", str(ROOT / ".." / "shared" / "data" / "hvc"))
+    if not Path(data, "hvc_annotations.csv").is_file():
+        print(f"{data}: the real hvc subset is needed; set HARNESS_HVC_REAL", file=sys.stderr)
+        return 2
+    rows = []  # (benchmark, baseline, harness, ratio text, target, met, peak MiB)
+
+    print("(a) input pipeline ...", file=sys.stderr)
+    text, _, peak = run_measured([python, str(BENCH / "bench_pipeline.py"), "--json", "--data", data])
+    pipeline = {(r["loader"].split()[0], r["kind"]): r["images"] / r["seconds"] for r in last_json(text)
+                if not r["epoch"].startswith("cache build")}
+    for kind, label in (("first", "first epoch"), ("cached", "cached epoch")):
+        base, ours = pipeline[("per-item", kind)], pipeline[("tf.data", kind)]
+        ratio = ours / base
+        rows.append((f"(a) input, 1,500 real images at 224 px, {label}", f"{base:,.0f} img/s (notes' loader)",
+                     f"{ours:,.0f} img/s", f"{ratio:.2f}x", ">= 3x", ratio >= 3, peak))
+
+    print("(b) feature cache ...", file=sys.stderr)
+    text, _, peak = run_measured([python, str(BENCH / "bench_training.py"), "--which", "cache", "--json", "--data", data])
+    cache = last_json(text)
+    rows.append((f"(b) frozen VGG16 epoch, 96 px, {cache['n_train']} real images (after the first)",
+                 f"{cache['uncached_epoch_s']:.2f} s (images)", f"{cache['cached_epoch_s']:.3f} s (cached features; "
+                 f"{cache['feature_compute_s']:.1f} s once)", f"{cache['ratio']:.1f}x", ">= 20x", cache["ratio"] >= 20, peak))
+
+    print("(c) tracking overhead ...", file=sys.stderr)
+    text, _, peak = run_measured([python, str(BENCH / "bench_training.py"), "--which", "overhead", "--json", "--data", data])
+    over = last_json(text)
+    rows.append((f"(c) epoch, custom CNN 64 px, {over['n_train']} real images", f"{over['bare_epoch_s']:.2f} s (bare fit)",
+                 f"{over['harness_epoch_s']:.2f} s (harness run)", f"{over['ratio']:.3f}", "<= 1.05",
+                 over["ratio"] <= 1.05, peak))
+
+    print("(d) list and table ...", file=sys.stderr)
+    from bench.bench_table import populate
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+        populate(uri, 500)
+        cli = [python, "-m", "harness.cli"]
+        for label, argv, bound, repeat in (
+            ("(d) `harness list`", cli + ["list"], 1.5, 5),
+            ("(d) `harness table`, 500 runs", cli + ["table", "--no-readme", "--out", f"{tmp}/R.md",
+                                                     "--tracking-uri", uri], 3.0, 3),
+        ):
+            measured = [run_measured(argv) for _ in range(repeat)]
+            wall = statistics.median(m[1] for m in measured)
+            rows.append((label, "", f"{wall:.2f} s (median of {repeat})", "", f"< {bound:g} s", wall < bound,
+                         max(m[2] for m in measured)))
+
+    today = datetime.date.today().isoformat()
+    lines = [
+        "# Benchmarks", "",
+        f"Measured by `make bench` on {today}: {machine()}. Every row measured side by side in one run; "
+        "peak memory is the max RSS of the process that ran the row.", "",
+        "| benchmark | baseline | harness | ratio | target | met | peak memory |",
+        "|:--|--:|--:|--:|:--|:--|--:|",
+    ]
+    for name, base, ours, ratio, target, met, peak in rows:
+        lines.append(f"| {name} | {base} | {ours} | {ratio} | {target} | {'yes' if met else '**no**'} | {peak:,.0f} MiB |")
+    text = "\n".join(lines) + "\n"
+    (ROOT / "BENCHMARKS.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
