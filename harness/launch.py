@@ -155,7 +155,7 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
         rows=np.union1d(parts.train, parts.val), n_rows=len(table),
         build=lambda array: make_datasets(iteration, table, parts.train, parts.val, features=array),
     )
-    runner = Runner(iteration, bundle, tracker.workdir, ConsoleReporter(tracker, iteration, data_label, profile, log),
+    runner = Runner(iteration, bundle, tracker.workdir, ConsoleReporter(tracker, iteration, data_label, prepared.profile, log),
                     log, feature_inputs=features)
     if resume_run is not None:
         replayed = tracker.replay(runner.state.history)

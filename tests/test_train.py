@@ -130,7 +130,9 @@ def test_two_passes_log_one_parent_two_children_with_contiguous_steps(book, synt
     code, lines = run(book, "two", synth, store_uri)
     assert code == 0, lines
     assert lines[0].startswith("profile full")
-    assert any(line.startswith("== two pass 2/2: 2 epochs, lr 0.0005, from pass 1's best") for line in lines)
+    header = next(line for line in lines if line.startswith("== two pass 2/2"))
+    assert header.startswith("== two pass 2/2: 2 epochs, lr 0.0005, from pass 1's best | data ")
+    assert header.endswith("| profile full")
     assert "FINISHED, best val_gender_acc" in lines[-1]
 
     store, runs = parents(store_uri, "two")
