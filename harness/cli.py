@@ -113,6 +113,10 @@ def cmd_params(args) -> int:
 
 def cmd_data_synth(args) -> int:
     from harness.data.synth import generate
+    from harness.errors import InputError
+
+    if args.n <= 0:
+        raise InputError(f"harness data synth: --n must be a positive number of images (got {args.n})")
 
     generate(args.out, args.n, args.seed)
     print(f"wrote {args.n} synthetic images and hvc_annotations.csv to {args.out}")
@@ -161,6 +165,15 @@ def _add_tracking(parser):
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
 
 
+def _add_training_inputs(parser):
+    """What `run` and `lr-find` train on: ledger, profile, data."""
+    _add_ledger(parser)
+    parser.add_argument("--profile", default=None, metavar="NAME",
+                        help="full, cpu or smoke (default: full with a GPU, cpu without)")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="dataset folder (default: $HARNESS_DATA, else a synthetic set in data/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -185,11 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train iterations and log them to MLflow (a killed run resumes)")
     p.add_argument("iterations", nargs="*", metavar="ITER")
     p.add_argument("--all", action="store_true", help="every iteration in ledger order, skipping finished ones")
-    _add_ledger(p)
-    p.add_argument("--profile", default=None, metavar="NAME",
-                   help="full, cpu or smoke (default: full with a GPU, cpu without)")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="dataset folder (default: $HARNESS_DATA, else a synthetic set in data/)")
+    _add_training_inputs(p)
     p.add_argument("--fresh", action="store_true", help="start a new run instead of resuming an unfinished one")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop bad CSV rows (and say which) instead of stopping")
     _add_tracking(p)
@@ -206,12 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lr-find", help="LR range test: loss against an exponentially rising LR, a suggested LR")
     p.add_argument("iteration")
-    _add_ledger(p)
     p.add_argument("--min", type=float, default=1e-7, help="first LR (default 1e-7)")
     p.add_argument("--max", type=float, default=10.0, help="last LR (default 10)")
     p.add_argument("--steps", type=int, default=100, help="batches, at most (default 100)")
-    p.add_argument("--profile", default=None, metavar="NAME", help="full, cpu or smoke (default: cpu without a GPU)")
-    p.add_argument("--data", default=None, metavar="DIR", help="dataset folder (as for run)")
+    _add_training_inputs(p)
     p.add_argument("--out", default=None, metavar="FILE.png", help="also write the plot here")
     _add_tracking(p)
     p.set_defaults(func=cmd_lr_find)

@@ -244,7 +244,7 @@ def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(book
     workdir = store.workdir(runs[0].info.run_id)
     state = json.loads((workdir / "state.json").read_text())
     assert len(state["history"]) == 1  # epoch 1 at lr 1e-3 was good, epoch 2 blew up
-    assert (workdir / "pass-1" / "last.keras").exists()
+    assert (workdir / "pass-1" / "last.keras").exists() and state["snapshot"] == "pass-1/epoch-1.npz"
     import keras
 
     keras.models.load_model(workdir / "pass-1" / "last.keras")  # loadable, not half-written

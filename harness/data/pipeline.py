@@ -208,15 +208,7 @@ class _FeatureSource:
         self.array = features
 
     def batches(self, ids: tf.data.Dataset, batch: int, drop_remainder: bool) -> tf.data.Dataset:
-        array = self.array
-        shape = [None, *array.shape[1:]]
-
-        def gather(rows):
-            values = tf.numpy_function(lambda r: np.ascontiguousarray(array[r]), [rows], tf.float32, stateful=False)
-            values.set_shape(shape)
-            return values, rows
-
-        return ids.batch(batch, drop_remainder=drop_remainder).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        return _gather_batches(self.array, ids, batch, drop_remainder)
 
 
 class _Source:
@@ -246,15 +238,20 @@ class _Source:
             paths, load = self._paths, self._load
             images = ids.map(lambda row: (load(tf.gather(paths, row)), row), num_parallel_calls=tf.data.AUTOTUNE)
             return images.batch(batch, drop_remainder=drop_remainder)
-        array = self.array
-        shape = [None, *array.shape[1:]]
+        return _gather_batches(self.array, ids, batch, drop_remainder)
 
-        def gather(rows):
-            images = tf.numpy_function(lambda r: np.ascontiguousarray(array[r]), [rows], tf.uint8, stateful=False)
-            images.set_shape(shape)
-            return images, rows
 
-        return ids.batch(batch, drop_remainder=drop_remainder).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+def _gather_batches(array: np.ndarray, ids: tf.data.Dataset, batch: int, drop_remainder: bool) -> tf.data.Dataset:
+    """Batches of (array rows, row indices), gathered from an in-memory or memory-mapped array."""
+    shape = [None, *array.shape[1:]]
+    dtype = tf.as_dtype(array.dtype)
+
+    def gather(rows):
+        values = tf.numpy_function(lambda r: np.ascontiguousarray(array[r]), [rows], dtype, stateful=False)
+        values.set_shape(shape)
+        return values, rows
+
+    return ids.batch(batch, drop_remainder=drop_remainder).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _jpeg_loader(sizes: np.ndarray, size: int):
