@@ -28,20 +28,30 @@ sys.path.insert(0, str(ROOT))
 BENCH = ROOT / "bench"
 
 
+# A small intermediate process starts each measured command and reports its max RSS. Linux
+# carries a process's peak RSS across exec, so a command forked straight from this script
+# (which holds MLflow by row (d)) would report this script's size, not its own.
+LAUNCHER = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+print(f"WALL_S {time.perf_counter() - start}", file=sys.stderr)
+print(f"MAXRSS_KB {usage.ru_maxrss}", file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(argv: list[str], cwd: Path = ROOT) -> tuple[str, float, float]:
-    """(stdout, wall seconds, peak RSS MiB) of one child process."""
+    """(stdout, wall seconds, peak RSS MiB) of one command in its own process; the wall time
+    is the command's alone, taken by the launcher around it."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    start = time.perf_counter()
-    with tempfile.TemporaryFile() as out:
-        child = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        text = out.read().decode()
-    if child.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {child.returncode}")
-    return text, wall, usage.ru_maxrss / 1024
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, *argv], cwd=cwd, env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr[-2000:]}")
+    report = dict(line.split(" ", 1) for line in result.stderr.splitlines() if line.startswith(("WALL_S ", "MAXRSS_KB ")))
+    return result.stdout, float(report["WALL_S"]), int(report["MAXRSS_KB"]) / 1024
 
 
 def last_json(text: str):
