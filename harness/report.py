@@ -235,11 +235,19 @@ def table_frame(book: ledger_mod.Ledger, rows: list[Row]):
         run_id = (row.run or {}).get("run_id", "")
         cells["Run"] = run_id[:8] + (" stale" if row.state == STALE else "")
         cells["Profile"] = row.profile if row.run else ""
+        cells["Data"] = _data_label(row.run) if row.run else ""
         records.append({k: _cell(v) for k, v in cells.items()})
     return pd.DataFrame.from_records(records)
 
 
 _RIGHT = ("#", "Total params", "Trainable params", "s/epoch")
+
+
+def _data_label(record: dict) -> str:
+    """The data folder's name (`hvc-synth` is the generated synthetic set), else the fingerprint:
+    a number from the synthetic set must never pass for one from the real data."""
+    folder = record["tags"].get("harness.data_dir", "")
+    return Path(folder).name if folder else record["tags"].get("harness.data", "")
 
 
 def _cell(text: str) -> str:
@@ -272,6 +280,8 @@ def notes(book: ledger_mod.Ledger, rows: list[Row]) -> list[str]:
         "the notes'). Changes vs parent is `harness show ITER`'s diff of the ledger as written.",
         "- Reported: the notes' number (the best over the passes they report), and the run's "
         "difference from it.",
+        "- Data: the folder the run trained on; `hvc-synth` is the synthetic set generated when no "
+        "data is given, so its numbers say nothing about the real dataset.",
         "- Run `stale`: the latest finished run was trained with an older config of this iteration; "
         "train it again with `make run ITER=name`.",
     ]
