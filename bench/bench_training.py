@@ -32,7 +32,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 
 from harness import ledger  # noqa: E402
 
@@ -84,8 +83,7 @@ def measure_cache(folder: Path, n: int, size: int, epochs: int = 3) -> dict:
     table = load_hvc(folder, limit=n)
     parts = split(table, 0.15, 1)
     images = make_datasets(iteration, table, parts.train, parts.val)
-    inputs = FeatureInputs(np.union1d(parts.train, parts.val), len(table),
-                           lambda array: make_datasets(iteration, table, parts.train, parts.val, features=array))
+    inputs = FeatureInputs.of(iteration, table, parts.train, parts.val)
     runner = Runner(iteration, images, tempfile.mkdtemp(), reporter=None, log=lambda *_: None,
                     feature_inputs=inputs)
 

@@ -8,11 +8,9 @@ A killed run is resumed when the same command is given again, unless its config 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Optional
 
-from harness import ledger as ledger_mod
 from harness.errors import InputError
 
 
@@ -134,9 +132,6 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
                 log(f"{name}: not resuming run {previous.info.run_id[:8]}: its config sha {old_sha} differs from "
                     f"the ledger's {sha}; starting fresh")
 
-    import numpy as np
-
-    from harness.data.pipeline import make_datasets
     from harness.train import FeatureInputs, Runner, TrainingDiverged
 
     bundle = prepared.datasets(str(store.root / "cache"))
@@ -151,10 +146,7 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
         total, trainable, _ = count_params(model)
         tracker.log_model_facts(total, trainable, _model_summary(model))
         del model
-    features = FeatureInputs(
-        rows=np.union1d(parts.train, parts.val), n_rows=len(table),
-        build=lambda array: make_datasets(iteration, table, parts.train, parts.val, features=array),
-    )
+    features = FeatureInputs.of(iteration, table, parts.train, parts.val)
     runner = Runner(iteration, bundle, tracker.workdir, ConsoleReporter(tracker, iteration, data_label, prepared.profile, log),
                     log, feature_inputs=features)
     if resume_run is not None:

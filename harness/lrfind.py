@@ -60,10 +60,6 @@ def range_test(iteration, data, min_lr: float, max_lr: float, steps: int, log=pr
     from harness.models import build_model, policy_for
     from harness.train import Runner
 
-    if not 0 < min_lr < max_lr:
-        from harness.errors import InputError
-
-        raise InputError(f"lr-find: need 0 < --min < --max (got {min_lr:g}, {max_lr:g})")
     model = build_model(iteration)  # the first pass's freeze policy is applied by build_model
     with tempfile.TemporaryDirectory(prefix="lr-find-") as scratch:
         runner = Runner(iteration, data, scratch, reporter=None, log=log)  # for its compile and batches

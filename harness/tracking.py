@@ -11,16 +11,14 @@ resumed run must reopen a specific parent and child, and tests open several stor
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import time
 from pathlib import Path
 from typing import Iterable, Optional
-from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Metric, Param, ViewType
 from mlflow.tracking import MlflowClient
 
 from harness.ledger import Iteration, flatten
@@ -285,9 +283,6 @@ class RunTracker:
                 self.client.set_terminated(child, status)
         self.client.set_terminated(self.run_id, status)
 
-    @property
-    def ui_hint(self) -> str:
-        return f"make ui, then open experiment {self.experiment_id} run {self.run_id}"
 
 
 def _param_value(value) -> str:

@@ -136,6 +136,15 @@ class FeatureInputs:
     n_rows: int
     build: callable
 
+    @classmethod
+    def of(cls, iteration, table, train_idx, val_idx) -> "FeatureInputs":
+        """For a split of a table: features for every train and val row, turned into datasets
+        that follow the image stream's order."""
+        from harness.data.pipeline import make_datasets
+
+        return cls(rows=np.union1d(train_idx, val_idx), n_rows=len(table),
+                   build=lambda array: make_datasets(iteration, table, train_idx, val_idx, features=array))
+
 
 def head_model(model):
     """The model minus its backbone: the neck, towers and outputs as a model over the
@@ -471,13 +480,10 @@ class Runner:
         best_path = folder / "best.keras"
         restore = pass_.early_stopping.restore_best if pass_.early_stopping else False
         if (folder / "best.npz").exists():
-            if restore:
-                load_snapshot(model, folder / "best.npz", optimizer=False)
-                save_model_atomic(model, best_path)
-            else:
-                ended = model.get_weights()
-                load_snapshot(model, folder / "best.npz", optimizer=False)
-                save_model_atomic(model, best_path)
+            ended = None if restore else model.get_weights()  # restore-best keeps the best weights
+            load_snapshot(model, folder / "best.npz", optimizer=False)
+            save_model_atomic(model, best_path)
+            if ended is not None:
                 model.set_weights(ended)
         save_model_atomic(model, folder / "final.keras")
         result = self._evaluate(index, fit_model, best_path)
@@ -489,7 +495,7 @@ class Runner:
 
     def _evaluate(self, index: int, model, best_path: Path) -> PassResult:
         logs = model.evaluate(self._val, return_dict=True, verbose=0)
-        eval_dict = {k: v for k, v in harness_metrics(logs, self.heads).items()}
+        eval_dict = harness_metrics(logs, self.heads)
         raw = model.predict(self._val, verbose=0)
         if not isinstance(raw, dict):  # a list in output order, or one array for one head
             raw = dict(zip(model.output_names, raw if isinstance(raw, (list, tuple)) else [raw]))

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -348,8 +347,7 @@ def test_interrupted_pass_on_cached_features_resumes_mid_pass(book, synth, tmp_p
     table, _ = open_dataset(iteration, str(synth))
     parts = split(table, 0.25, 1)
     bundle = make_datasets(iteration, table, parts.train, parts.val)
-    inputs = FeatureInputs(np.union1d(parts.train, parts.val), len(table),
-                           lambda array: make_datasets(iteration, table, parts.train, parts.val, features=array))
+    inputs = FeatureInputs.of(iteration, table, parts.train, parts.val)
 
     class StopAfterFirstEpoch:
         def __init__(self): self.steps = []
