@@ -29,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.data.heads import HVC_CSV_COLUMNS  # noqa: E402
+from harness.data.labels import HVC_CSV_COLUMNS  # noqa: E402
 from harness.data.hvc import load_hvc  # noqa: E402
 from harness.ledger import Iteration  # noqa: E402
 

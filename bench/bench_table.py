@@ -20,17 +20,28 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import metrics
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 EPOCHS = 10
+
+
+def epoch_values(step: int, run: int) -> dict:
+    """One epoch's metrics under the contract's names: accuracies rising, losses falling."""
+    values = {metrics.LR: 1e-3, metrics.EPOCH_SECONDS: 40.0 + step % 3}
+    for n, name in enumerate(metrics.epoch_metric_names("hvc")):
+        if metrics.monitor_mode(name) == "max":
+            values[name] = 0.4 + 0.03 * step + 0.001 * (n % 10) + 0.001 * (run % 7)
+        else:
+            values[name] = (2.0 + 0.1 * (n % 3)) / step
+    return values
 
 
 def populate(uri: str, n_runs: int) -> None:
     from mlflow.entities import Metric, Param
 
     from harness import ledger
-    from harness.data.heads import HVC_HEADS
     from harness.ledger import flatten
     from harness.tracking import Store
 
@@ -55,20 +66,12 @@ def populate(uri: str, n_runs: int) -> None:
             "harness.data": "bench", "mlflow.source.name": "harness run", "mlflow.source.type": "LOCAL",
         })
         params = [Param(k, str(v)[:6000]) for k, v in flatten(it.training_dict()).items()][:100]
-        metrics = []
-        for step in range(1, EPOCHS + 1):
-            values = {"loss": 2.0 / step, "val_loss": 2.2 / step, "lr": 1e-3, "epoch_seconds": 40.0 + step % 3}
-            for h, head in enumerate(HVC_HEADS):
-                acc = 0.4 + 0.03 * step + 0.01 * h + 0.001 * (i % 7)
-                values |= {f"{head}_acc": acc, f"{head}_loss": 1 / step, f"val_{head}_acc": acc - 0.02,
-                           f"val_{head}_loss": 1.1 / step}
-            metrics += [Metric(k, v, now + step, step) for k, v in values.items()]
-        best = {f"best_val_{head}_acc": 0.4 + 0.03 * EPOCHS + 0.01 * h + 0.001 * (i % 7) - 0.02
-                for h, head in enumerate(HVC_HEADS)}
-        best |= {"best_epoch": EPOCHS, "total_params": 28221147, "trainable_params": 13506459,
-                 "mean_epoch_seconds": 41.0}
-        metrics += [Metric(k, float(v), now, 0) for k, v in best.items()]
-        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        history = [{"step": step, "pass": 0, "metrics": epoch_values(step, i)} for step in range(1, EPOCHS + 1)]
+        points = [Metric(k, v, now + h["step"], h["step"]) for h in history for k, v in h["metrics"].items()]
+        summary = metrics.summarize(history, "hvc")
+        summary |= {metrics.TOTAL_PARAMS: 28221147, metrics.TRAINABLE_PARAMS: 13506459}
+        points += [Metric(k, float(v), now, 0) for k, v in summary.items()]
+        client.log_batch(run.info.run_id, metrics=points, params=params)
         client.set_terminated(run.info.run_id, "FAILED" if i % 23 == 0 else "FINISHED")
 
 

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from typing import Optional
 
+from harness import metrics
 from harness.errors import InputError
 
 
@@ -50,12 +51,11 @@ class ConsoleReporter:
                  f"profile {self.profile}")
         self.tracker.pass_started(index, iteration)
 
-    def epoch_finished(self, pass_index, step, metrics):
-        self.tracker.epoch_finished(pass_index, step, metrics)
+    def epoch_finished(self, pass_index, step, values):
+        self.tracker.epoch_finished(pass_index, step, values)
 
     def pass_finished(self, index, result):
-        heads = ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items() if k.endswith("acc"))
-        self.log(f"   pass {index + 1} eval: loss {result.eval.get('loss', float('nan')):.4f}; {heads}")
+        self.log(metrics.eval_line(index, result.eval))
         self.tracker.pass_finished(index, result)
 
 
@@ -169,8 +169,7 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
     last_pass = runner.pass_dir(len(iteration.passes) - 1)
     final = last_pass / "best.keras" if (last_pass / "best.keras").exists() else last_pass / "final.keras"
     summary = tracker.finish(runner.state.history, results, final)
-    key = next((k for k in ("best_val_gender_acc", "best_val_acc") if k in summary), None)
-    best = f"best {key[5:]} {summary[key]:.4f} at epoch {int(summary['best_epoch'])}" if key else "no val accuracy"
+    best = metrics.best_phrase(summary, iteration.data.name)
     log(f"{name}: FINISHED, {best}; run {tracker.run_id}; open the UI with `make ui` "
         f"(experiment {book.experiment})")
     return 0
@@ -195,9 +194,9 @@ def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri
 
     import keras
 
-    from harness.data.heads import heads_for
+    from harness.data.labels import heads_for
     from harness.data.pipeline import eval_dataset
-    from harness.train import harness_metrics, labels_for_model
+    from harness.train import labels_for_model
 
     heads = heads_for(iteration.data.name)
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,7 +207,7 @@ def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri
         model = keras.models.load_model(files[0])
         dataset, _labels = eval_dataset(data_dir, iteration)
         logs = model.evaluate(labels_for_model(dataset, heads), return_dict=True, verbose=0)
-    result = dict(sorted(harness_metrics(logs, heads).items()))
+    result = dict(sorted(metrics.from_keras_logs(logs, iteration.data.name).items()))
     if log_to_run:
         store.client.log_dict(run.info.run_id, result, f"eval/{Path(str(data_dir)).name or 'data'}.json")
     return {"run_id": run.info.run_id, "profile": profile, "eval": result}

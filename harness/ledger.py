@@ -26,7 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import InputError
-from harness.data.heads import DATASETS, heads_for, is_single_head
+from harness import metrics
+from harness.data.labels import DATASETS
 
 # Kept in step with harness.models.backbones' registry by a test; written out here so that
 # validating a ledger never imports TensorFlow.
@@ -44,16 +45,6 @@ class LedgerError(InputError):
 
 
 # --------------------------------------------------------------------------- schema
-
-
-def metric_names(dataset: str) -> list[str]:
-    """Per-epoch metric names the harness logs for a dataset (DESIGN.md's contract)."""
-    names = ["loss", "val_loss"]
-    if is_single_head(dataset):
-        return names + ["acc", "val_acc"]
-    for head in heads_for(dataset):
-        names += [f"{head}_acc", f"{head}_loss", f"val_{head}_acc", f"val_{head}_loss"]
-    return names
 
 
 class _Strict(BaseModel):
@@ -202,7 +193,7 @@ class StepSchedule(_Strict):
 
 class EarlyStopping(_Strict):
     patience: int = Field(gt=0)
-    monitor: str = "val_loss"
+    monitor: str = metrics.VAL_LOSS
     restore_best: bool = True
 
 
@@ -217,7 +208,7 @@ class PassConfig(_Strict):
     # weights. Unset means "none" for the first pass and "last" for every later one.
     resume_from: Literal["best", "last", "none"] = "none"
     # What "best checkpoint" means for this pass.
-    monitor: str = "val_loss"
+    monitor: str = metrics.VAL_LOSS
     early_stopping: Optional[EarlyStopping] = None
     # Overrides the backbone's freeze policy for this pass.
     freeze: Optional[Freeze] = None
@@ -300,7 +291,7 @@ class Iteration(_Strict):
 
     @model_validator(mode="after")
     def _monitors_are_logged_metrics(self):
-        known = metric_names(self.data.name)
+        known = metrics.epoch_metric_names(self.data.name)
         for index, pass_ in enumerate(self.passes):
             watched = [("monitor", pass_.monitor)]
             if pass_.early_stopping:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness import metrics
+
 DIVERGE_FACTOR = 4.0
 SMOOTHING = 0.9  # exponential moving average of the batch loss (bias-corrected)
 
@@ -73,7 +75,7 @@ def range_test(iteration, data, min_lr: float, max_lr: float, steps: int, log=pr
     for step, batch in enumerate(batches.take(steps)):
         lr = lr_at(step, steps, min_lr, max_lr)
         model.optimizer.learning_rate.assign(lr)
-        loss = float(model.train_on_batch(*batch, return_dict=True)["loss"])
+        loss = float(model.train_on_batch(*batch, return_dict=True)[metrics.LOSS])
         if not math.isfinite(loss):
             curve.diverged_at = lr
             break

@@ -12,18 +12,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from harness import metrics  # noqa: E402
+
 
 def close(figure) -> None:
     plt.close(figure)
 
 
-def training_curves(history: list[dict], heads: dict, title: str = ""):
+def training_curves(history: list[dict], dataset: str, title: str = ""):
     """One panel for the total loss and one per head (accuracy, train vs validation);
     x is the epoch counted across passes, dotted lines mark where a new pass starts."""
-    single = len(heads) == 1
-    panels = [("loss", "val_loss", "loss")] + [
-        ("acc", "val_acc", "accuracy") if single else (f"{h}_acc", f"val_{h}_acc", h) for h in heads
-    ]
+    panels = metrics.curve_panels(dataset)
     cols = min(3, len(panels))
     rows = int(np.ceil(len(panels) / cols))
     figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)

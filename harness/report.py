@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from harness import ledger as ledger_mod
-from harness.data.heads import HVC_MAJORITY_RATES, heads_for, is_single_head
+from harness import metrics as contract
+from harness.data.labels import majority_rates
 from harness.errors import InputError
 
 RESULTS_START = "<!-- results:start -->"
 RESULTS_END = "<!-- results:end -->"
 DEFAULT_LEDGER = "runs.yaml"
-
-# Share of the most frequent class per head: a head at this rate has learned nothing.
-# CIFAR-10's validation set (its 10,000-image test batch) holds 1,000 images of each class.
-MAJORITY_RATES = {"hvc": HVC_MAJORITY_RATES, "cifar10": {"class": 0.1}}
 
 CURRENT, STALE, NOT_RUN = "current", "stale", "not run"
 
@@ -190,25 +187,23 @@ def table_frame(book: ledger_mod.Ledger, rows: list[Row]):
     import pandas as pd
 
     dataset = book.resolve(book.names[0]).data.name
-    single = is_single_head(dataset)
-    heads = list(heads_for(dataset))
-    main = heads[0] if single else ("gender" if "gender" in heads else heads[0])
-    main_label = "acc" if single else main
-    main_metric = "best_val_acc" if single else f"best_val_{main}_acc"
-    majority = MAJORITY_RATES.get(dataset, {}).get(main)
-    reported_key = "acc" if single else main
+    single = contract.single_head(dataset)
+    main = contract.primary_head(dataset)
+    reported_key = contract.reported_key(dataset)
+    main_metric = contract.best_val_acc(dataset)
+    majority = majority_rates(dataset).get(main)
 
     records = []
     for row in rows:
         it, metrics = row.shown, (row.run or {}).get("metrics", {})
         best = metrics.get(main_metric)
-        epoch = metrics.get("best_epoch")
+        epoch = metrics.get(contract.BEST_EPOCH)
         cells = {
             "#": str(row.number),
             "Iteration": row.name,
             "Architecture": architecture(it),
-            "Total params": _count(metrics.get("total_params")),
-            "Trainable params": _count(metrics.get("trainable_params")),
+            "Total params": _count(metrics.get(contract.TOTAL_PARAMS)),
+            "Trainable params": _count(metrics.get(contract.TRAINABLE_PARAMS)),
             "Freeze": freeze(it),
             "Batch (train/val)": f"{it.batch_size.train}/{it.batch_size.eval}",
             "Epochs": it.epochs_label(),
@@ -218,18 +213,16 @@ def table_frame(book: ledger_mod.Ledger, rows: list[Row]):
         else:
             best_text = _acc(best) + (f" @ {int(epoch)}" if best is not None and epoch is not None else "")
         cells["Best val acc (epoch)" if single else f"Best val {main} acc (epoch)"] = best_text
-        if not single:
-            for head in heads:
-                if head != main:
-                    cells[f"val {head}"] = _acc(metrics.get(f"best_val_{head}_acc"))
+        for header, key in contract.table_columns(dataset):
+            cells[header] = _acc(metrics.get(key))
         lift_header = f"{main.capitalize() if not single else 'Acc'} lift vs majority"
         lift_header += f" ({majority:.3f})" if majority is not None else ""
         cells[lift_header] = _signed(best - majority) if best is not None and majority is not None else ""
-        seconds = metrics.get("mean_epoch_seconds")
+        seconds = metrics.get(contract.MEAN_EPOCH_SECONDS)
         cells["s/epoch"] = "" if seconds is None else f"{seconds:.1f}"
         cells["Changes vs parent"] = changes(row)
         reported, reported_text = _reported(_own(book, row, "reported", ()), reported_key)
-        cells[f"Reported {main_label}"] = reported_text
+        cells[f"Reported {reported_key}"] = reported_text
         cells["vs reported"] = _signed(best - reported) if best is not None and reported is not None else ""
         cells["Remark"] = _own(book, row, "remark", "")
         run_id = (row.run or {}).get("run_id", "")
@@ -263,15 +256,15 @@ def to_markdown(frame) -> str:
 
 def notes(book: ledger_mod.Ledger, rows: list[Row]) -> list[str]:
     dataset = book.resolve(book.names[0]).data.name
-    single = is_single_head(dataset)
-    key = "best_val_acc" if single else "best_val_gender_acc"
+    single = contract.single_head(dataset)
+    key = contract.best_val_acc(dataset)
     counts = {state: sum(r.state == state for r in rows) for state in (CURRENT, STALE, NOT_RUN)}
     lines = [
         f"{len(rows)} iterations: {counts[CURRENT]} with a current run, {counts[STALE]} stale, "
         f"{counts[NOT_RUN]} not run.",
         "",
-        f"- Best val {'acc' if single else 'gender acc'} (epoch): MLflow's `{key}` of the run and its "
-        "`best_epoch` (epochs counted across passes)"
+        f"- Best val {'acc' if single else contract.primary_head(dataset) + ' acc'} (epoch): MLflow's `{key}` "
+        f"of the run and its `{contract.BEST_EPOCH}` (epochs counted across passes)"
         + ("." if single else "; each other head's column is its best over all epochs."),
         "- Lift vs majority: the best accuracy minus the share of the most frequent class; a head at "
         "its majority rate has learned nothing.",
@@ -363,9 +356,9 @@ def plot(book: ledger_mod.Ledger, rows: list[Row], path: Path) -> Path:
     from matplotlib.patches import Patch
 
     dataset = book.resolve(book.names[0]).data.name
-    single = is_single_head(dataset)
-    heads = list(heads_for(dataset))
-    rates = MAJORITY_RATES.get(dataset, {})
+    single = contract.single_head(dataset)
+    heads = contract.heads_of(dataset)
+    rates = majority_rates(dataset)
     cols = min(4, len(heads))
     nrows = -(-len(heads) // cols)
     width = max(4.0, 0.42 * len(rows) + 1.5)
@@ -373,7 +366,7 @@ def plot(book: ledger_mod.Ledger, rows: list[Row], path: Path) -> Path:
     axes = figure.subplots(nrows, cols, squeeze=False)
     x = list(range(len(rows)))
     for ax, head in zip(axes.flat, heads):
-        key = "best_val_acc" if single else f"best_val_{head}_acc"
+        key = contract.best_val_acc(dataset, head)
         for i, row in enumerate(rows):
             value = (row.run or {}).get("metrics", {}).get(key)
             if value is None:

@@ -21,6 +21,7 @@ from typing import Iterable, Optional
 from mlflow.entities import Metric, Param, ViewType
 from mlflow.tracking import MlflowClient
 
+from harness import metrics
 from harness.ledger import Iteration, flatten
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -120,13 +121,13 @@ def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict,
     )
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    metrics = []
+    points = []
     for step, (lr, raw, smoothed) in enumerate(zip(curve.lrs, curve.raw, curve.smoothed), start=1):
-        metrics += [Metric("lr_find_lr", lr, now, step), Metric("lr_find_loss", raw, now, step),
-                    Metric("lr_find_smoothed_loss", smoothed, now, step)]
-    metrics += [Metric("suggested_lr", curve.suggestion(), now, 0), Metric("max_lr", curve.max_lr, now, 0)]
-    for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
-        store.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        points += [Metric(metrics.LR_FIND_LR, lr, now, step), Metric(metrics.LR_FIND_LOSS, raw, now, step),
+                   Metric(metrics.LR_FIND_SMOOTHED_LOSS, smoothed, now, step)]
+    points += [Metric(metrics.SUGGESTED_LR, curve.suggestion(), now, 0), Metric(metrics.MAX_LR, curve.max_lr, now, 0)]
+    for start in range(0, len(points), 1000):  # log_batch takes at most 1000 metrics
+        store.client.log_batch(run_id, metrics=points[start:start + 1000])
     store.client.log_figure(run_id, figure, "lr_find.png")
     store.client.set_terminated(run_id, "FINISHED")
     return run_id
@@ -159,7 +160,7 @@ class RunTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             for child in store.child_runs(resume_run):
                 self.children[int(child.data.tags["harness.pass"])] = child.info.run_id
-            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "loss")}
+            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, metrics.LOSS)}
         else:
             all_tags = {
                 "harness.kind": "iteration",
@@ -204,9 +205,9 @@ class RunTracker:
         params = [Param(k, _param_value(v)) for k, v in flatten(pass_.model_dump(mode="json"), "pass.").items()]
         self.client.log_batch(child.info.run_id, params=params)
 
-    def epoch_finished(self, pass_index: int, step: int, metrics: dict) -> None:
+    def epoch_finished(self, pass_index: int, step: int, values: dict) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        batch = [Metric(key, float(value), now, step) for key, value in values.items()]
         self.client.log_batch(self.run_id, metrics=batch)
         if pass_index in self.children:
             self.client.log_batch(self.children[pass_index], metrics=batch)
@@ -223,7 +224,7 @@ class RunTracker:
                                             f"{self.iteration.name} pass {index + 1}: {head}")
             self.client.log_figure(child, figure, f"plots/confusion_{head}.png")
             plots.close(figure)
-        summary = {"best_epoch": result.best_epoch} if result.best_epoch else {}
+        summary = metrics.pass_summary(result.best_epoch)
         if summary:
             self.client.log_batch(child, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in summary.items()])
         self.client.set_terminated(child, "FINISHED")
@@ -231,15 +232,15 @@ class RunTracker:
     # ---- run level
 
     def _heads(self) -> dict:
-        from harness.data.heads import heads_for
+        from harness.data.labels import heads_for
 
         return heads_for(self.iteration.data.name)
 
     def log_model_facts(self, total: int, trainable: int, summary_text: str) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[
-            Metric("total_params", float(total), now, 0),
-            Metric("trainable_params", float(trainable), now, 0),
+            Metric(metrics.TOTAL_PARAMS, float(total), now, 0),
+            Metric(metrics.TRAINABLE_PARAMS, float(trainable), now, 0),
         ])
         self.client.log_text(self.run_id, summary_text, "model_summary.txt")
 
@@ -247,26 +248,10 @@ class RunTracker:
         """Summary metrics, curves, the final checkpoint; status FINISHED. Returns the summary."""
         from harness import plots
 
-        heads = self._heads()
-        single = len(heads) == 1
-        key = "val_acc" if single else "val_gender_acc" if "gender" in heads else f"val_{next(iter(heads))}_acc"
-        scored = [(h["metrics"][key], h["step"]) for h in history if key in h["metrics"]]
-        summary = {}
-        if scored:
-            best_value, best_step = max(scored, key=lambda pair: (pair[0], -pair[1]))
-            summary[f"best_{key}"] = best_value
-            summary["best_epoch"] = best_step
-        for head in heads:
-            head_key = "val_acc" if single else f"val_{head}_acc"
-            values = [h["metrics"][head_key] for h in history if head_key in h["metrics"]]
-            if values and not single:
-                summary[f"best_{head_key}"] = max(values)
-        seconds = [h["metrics"]["epoch_seconds"] for h in history if "epoch_seconds" in h["metrics"]]
-        if seconds:
-            summary["mean_epoch_seconds"] = sum(seconds) / len(seconds)
+        summary = metrics.summarize(history, self.iteration.data.name)
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
-        figure = plots.training_curves(history, heads, title=self.iteration.name)
+        figure = plots.training_curves(history, self.iteration.data.name, title=self.iteration.name)
         self.client.log_figure(self.run_id, figure, "plots/training_curves.png")
         plots.close(figure)
         if final_checkpoint is not None and Path(final_checkpoint).exists():

@@ -33,6 +33,8 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from harness import metrics
+from harness.data.labels import output_name
 from harness.ledger import Iteration, PassConfig
 
 
@@ -48,7 +50,7 @@ class TrainingDiverged(RuntimeError):
 
 class Reporter(Protocol):
     def pass_started(self, index: int, iteration: Iteration) -> None: ...
-    def epoch_finished(self, pass_index: int, step: int, metrics: dict) -> None: ...
+    def epoch_finished(self, pass_index: int, step: int, values: dict) -> None: ...
     def pass_finished(self, index: int, result: "PassResult") -> None: ...
 
 
@@ -103,29 +105,6 @@ def set_seeds(seed: int) -> None:
     tf.get_logger().setLevel("ERROR")
 
 
-def harness_metrics(logs: dict, heads: dict) -> dict:
-    """Keras log names -> DESIGN.md names: `gender_output_accuracy` -> `gender_acc`;
-    a single-head model's `accuracy` -> `acc`."""
-    single = len(heads) == 1
-    out = {}
-    for key, value in logs.items():
-        prefix = "val_" if key.startswith("val_") else ""
-        name = key[len(prefix):]
-        if name == "loss":
-            out[prefix + "loss"] = float(value)
-            continue
-        for head in heads:
-            stem = f"{head}_output_"
-            if name.startswith(stem) or single:
-                kind = name[len(stem):] if name.startswith(stem) else name
-                short = {"accuracy": "acc", "loss": "loss"}.get(kind)
-                if short:
-                    key_out = short if single else f"{head}_{short}"
-                    out[prefix + key_out] = float(value)
-                break
-    return out
-
-
 @dataclass
 class FeatureInputs:
     """What the runner needs to train on cached backbone features: the table rows to compute
@@ -159,12 +138,8 @@ def labels_for_model(dataset, heads: dict):
     """A single-output Keras model wants plain label arrays, not a one-key dict."""
     if len(heads) != 1:
         return dataset
-    key = f"{next(iter(heads))}_output"
+    key = output_name(next(iter(heads)))
     return dataset.map(lambda image, labels: (image, labels[key]))
-
-
-def monitor_mode(monitor: str) -> str:
-    return "max" if monitor.endswith("acc") else "min"
 
 
 def lr_for_epoch(pass_: PassConfig, default_lr: float, epoch: int) -> float:
@@ -221,9 +196,7 @@ def link_atomic(source: Path, path: Path) -> None:
 
 
 def _improves(value: float, previous: Optional[dict], monitor: str) -> bool:
-    if previous is None:
-        return True
-    return value > previous["value"] if monitor_mode(monitor) == "max" else value < previous["value"]
+    return metrics.improves(value, previous["value"] if previous else None, monitor)
 
 
 # --------------------------------------------------------------------------- callback
@@ -243,32 +216,22 @@ def _make_callback(runner: "Runner", index: int, pass_: PassConfig):
             self._started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            metrics = harness_metrics(logs or {}, runner.heads)
-            metrics["lr"] = float(self.model.optimizer.learning_rate)
-            metrics["epoch_seconds"] = time.perf_counter() - self._started
-            lowest = min((h["metrics"]["loss"] for h in runner.state.history), default=math.inf)
-            if not runner.diverged and metrics.get("loss", 0) > EXPLOSION_FACTOR * lowest:
-                runner.diverged = (f"loss exploded to {metrics['loss']:.3g} ({EXPLOSION_FACTOR:g}x the lowest so far, "
+            values = metrics.from_keras_logs(logs or {}, runner.dataset)
+            values[metrics.LR] = float(self.model.optimizer.learning_rate)
+            values[metrics.EPOCH_SECONDS] = time.perf_counter() - self._started
+            loss = values.get(metrics.LOSS, 0)
+            lowest = min((h["metrics"][metrics.LOSS] for h in runner.state.history), default=math.inf)
+            if not runner.diverged and loss > EXPLOSION_FACTOR * lowest:
+                runner.diverged = (f"loss exploded to {loss:.3g} ({EXPLOSION_FACTOR:g}x the lowest so far, "
                                    f"{lowest:.3g}) in pass {index + 1}, epoch {epoch + 1}")
-            if runner.diverged or not all(math.isfinite(v) for v in metrics.values()):
+            if runner.diverged or not all(math.isfinite(v) for v in values.values()):
                 runner.diverged = runner.diverged or f"non-finite metrics in pass {index + 1}, epoch {epoch + 1}"
                 self.model.stop_training = True
                 return  # keep the last good checkpoint; report nothing from a broken epoch
-            runner.epoch_done(index, pass_, self.model, metrics)
-            runner.log(epoch_line(epoch, pass_.epochs, runner.state.step, metrics, runner.heads))
+            runner.epoch_done(index, pass_, self.model, values)
+            runner.log(metrics.epoch_line(epoch, pass_.epochs, runner.state.step, values, runner.dataset))
 
     return PassCallback()
-
-
-def epoch_line(epoch: int, epochs: int, step: int, metrics: dict, heads: dict) -> str:
-    """One line an epoch: what Keras's verbose=2 shows, narrowed to what a person reads."""
-    if len(heads) == 1:
-        accs = f"acc {metrics.get('acc', float('nan')):.4f}  val_acc {metrics.get('val_acc', float('nan')):.4f}"
-    else:
-        accs = "val acc " + " ".join(f"{h} {metrics.get(f'val_{h}_acc', float('nan')):.3f}" for h in heads)
-    return (f"  epoch {epoch + 1}/{epochs} (step {step}) {metrics['epoch_seconds']:.1f}s  "
-            f"loss {metrics.get('loss', float('nan')):.4f}  val_loss {metrics.get('val_loss', float('nan')):.4f}  "
-            f"{accs}  lr {metrics['lr']:.3g}")
 
 
 # --------------------------------------------------------------------------- runner
@@ -293,6 +256,7 @@ class Runner:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state = RunState.load(self.workdir)
         self.heads = self.bundle.heads
+        self.dataset = self.iteration.data.name
         self.data = self.bundle
         self._features: dict = {}
 
@@ -303,7 +267,7 @@ class Runner:
 
     # ---- per epoch
 
-    def epoch_done(self, index: int, pass_: PassConfig, model, metrics: dict) -> None:
+    def epoch_done(self, index: int, pass_: PassConfig, model, values: dict) -> None:
         """`model` is the one being fit (it gets stop_training); checkpoints are always of the
         whole model, even when the fit runs on cached features."""
         state = self.state
@@ -314,7 +278,7 @@ class Runner:
         # repeats an epoch.
         snapshot = folder / f"epoch-{state.epochs_in_pass + 1}.npz"
         save_snapshot(self.full_model, snapshot)
-        value = metrics.get(pass_.monitor)
+        value = values.get(pass_.monitor)
         improved = value is not None and _improves(value, state.best.get(str(index)), pass_.monitor)
         if improved:
             link_atomic(snapshot, folder / "best.npz")
@@ -323,7 +287,7 @@ class Runner:
         if stopping:
             if stopping.monitor != pass_.monitor:
                 key = f"{index}:{stopping.monitor}"
-                watched = metrics[stopping.monitor]
+                watched = values[stopping.monitor]
                 improved = _improves(watched, state.best.get(key), stopping.monitor)
                 if improved:
                     state.best[key] = {"value": watched, "step": step}
@@ -332,13 +296,13 @@ class Runner:
                 model.stop_training = True
                 self.stopped_early = True
         previous = self.workdir / state.snapshot if state.snapshot else None
-        state.history.append({"step": step, "pass": index, "metrics": metrics})
+        state.history.append({"step": step, "pass": index, "metrics": values})
         state.epochs_in_pass += 1
         state.snapshot = str(snapshot.relative_to(self.workdir))
         state.save(self.workdir)
         if previous is not None and previous != snapshot:
             previous.unlink(missing_ok=True)
-        self.reporter.epoch_finished(index, step, metrics)
+        self.reporter.epoch_finished(index, step, values)
 
     # ---- per pass
 
@@ -376,11 +340,11 @@ class Runner:
             lr = lr_for_epoch(pass_, opt.lr, 0)
             optimizer = (keras.optimizers.SGD(lr, momentum=opt.momentum) if opt.name == "sgd"
                          else keras.optimizers.Adam(lr))
-        outputs = [f"{head}_output" for head in self.heads]
+        outputs = [output_name(head) for head in self.heads]
         model.compile(
             optimizer=optimizer,
             loss={name: "categorical_crossentropy" for name in outputs},
-            metrics={name: ["accuracy"] for name in outputs},
+            metrics={name: [kind.keras for kind in metrics.compiled_kinds()] for name in outputs},
             jit_compile=self.iteration.compute.jit_compile,
         )
 
@@ -423,7 +387,7 @@ class Runner:
 
         from harness.data.split import class_weights
 
-        tables = {f"{head}_output": tf.constant(class_weights(self.bundle.train_labels[head], len(classes)),
+        tables = {output_name(head): tf.constant(class_weights(self.bundle.train_labels[head], len(classes)),
                                                 dtype=tf.float32)
                   for head, classes in self.heads.items()}
 
@@ -495,11 +459,11 @@ class Runner:
 
     def _evaluate(self, index: int, model, best_path: Path) -> PassResult:
         logs = model.evaluate(self._val, return_dict=True, verbose=0)
-        eval_dict = harness_metrics(logs, self.heads)
+        eval_dict = metrics.from_keras_logs(logs, self.dataset)
         raw = model.predict(self._val, verbose=0)
         if not isinstance(raw, dict):  # a list in output order, or one array for one head
             raw = dict(zip(model.output_names, raw if isinstance(raw, (list, tuple)) else [raw]))
-        predictions = {head: np.argmax(raw[f"{head}_output"], axis=-1) for head in self.heads}
+        predictions = {head: np.argmax(raw[output_name(head)], axis=-1) for head in self.heads}
         best = self.state.best.get(str(index))
         return PassResult(
             index=index,

@@ -21,6 +21,7 @@ import urllib.request
 from typing import Optional
 
 from harness.errors import InputError
+from harness.metrics import val_acc
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -86,7 +87,7 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
         return 1
     log(f"MLflow UI for {uri}")
     log(f"open {url}  (pid {os.getpid()}; Ctrl-C stops it)")
-    log("compare iterations: pick the experiment, select runs, Compare, then the val_gender_acc chart")
+    log(f"compare iterations: pick the experiment, select runs, Compare, then the {val_acc('hvc')} chart")
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"note: bound to {host}: anyone who can reach this machine on port {port} can read the runs")
     sys.stdout.flush()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from harness.data import synth
 from harness.data.cifar10 import load_cifar10, synthetic_cifar10
-from harness.data.heads import CIFAR10_CLASSES, HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS, HVC_MAJORITY_RATES
+from harness.data.labels import CIFAR10_CLASSES, HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS, HVC_MAJORITY_RATES
 from harness.data.hvc import class_weights, fingerprint, load_hvc, split
 from harness.data.source import open_dataset
 from harness.data.split import VALIDATE_ON_TRAIN_WARNING, check_disjoint

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from harness.data import synth
-from harness.data.heads import HVC_HEADS, HVC_MAJORITY_RATES
+from harness.data.labels import HVC_HEADS, HVC_MAJORITY_RATES
 from harness.data.hvc import load_hvc, split
 from harness.ledger import Iteration
 

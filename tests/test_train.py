@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from harness import ledger
-from harness.data.heads import HVC_HEADS
+from harness.data.labels import HVC_HEADS
 
 REPO = Path(__file__).resolve().parents[1]
 

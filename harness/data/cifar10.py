@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from harness.data.heads import CIFAR10_CLASSES
+from harness.data.labels import CIFAR10_CLASSES
 from harness.data.table import ArrayTable
 from harness.errors import InputError
 

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from harness.data.augment import augment_batch
+from harness.data.labels import output_name
 
 DEFAULT_CACHE_DIR = "cache"
 
@@ -179,7 +180,7 @@ def _finisher(table, size: int, native_size: int, iteration):
         if batch_number is not None and augments:
             key = tf.random.experimental.stateless_fold_in(augment_key, batch_number)
             x = augment_batch(x, key, aug.flip, cutout_size, cutout_count)
-        y = {f"{head}_output": tf.one_hot(tf.gather(labels[head], rows), widths[head], dtype=tf.float32)
+        y = {output_name(head): tf.one_hot(tf.gather(labels[head], rows), widths[head], dtype=tf.float32)
              for head in labels}
         return x, y
 
@@ -192,7 +193,7 @@ def _label_finisher(table):
     widths = {head: len(classes) for head, classes in table.heads.items()}
 
     def finish(features, rows, batch_number):
-        y = {f"{head}_output": tf.one_hot(tf.gather(labels[head], rows), widths[head], dtype=tf.float32)
+        y = {output_name(head): tf.one_hot(tf.gather(labels[head], rows), widths[head], dtype=tf.float32)
              for head in labels}
         return features, y
 

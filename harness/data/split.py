@@ -1,8 +1,8 @@
 """Train/validation split, the guard against overlap, and the class weights the split implies.
 
 The split is a pure function of (table, val_fraction, seed): scikit-learn's
-`train_test_split` stratified on gender (the head the ledger compares iterations on), so two
-iterations with the same split seed validate on exactly the same images. The notes' baseline
+`train_test_split` stratified on the primary head (gender for hvc, the head the ledger compares
+iterations on), so two iterations with the same split seed validate on exactly the same images. The notes' baseline
 validated on its own training split; here that only happens when the ledger asks for it
 (`data.validate_on_train`), and the returned message says so in plain words.
 """
@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from harness.errors import InputError
+from harness.metrics import primary_head
 
 VALIDATE_ON_TRAIN_WARNING = (
     "WARNING validate_on_train: validation uses the training images (the notes' valid_gen "
@@ -38,8 +39,8 @@ class Split:
 
 
 def stratify_head(table) -> str:
-    """Gender for hvc (the head the ledger compares on); the only head for single-head sets."""
-    return "gender" if "gender" in table.heads else next(iter(table.heads))
+    """The dataset's primary head (the one the ledger compares iterations on)."""
+    return primary_head(table.name)
 
 
 def split(table, val_fraction: float, seed: int, validate_on_train: bool = False) -> Split:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from harness.data.heads import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS
+from harness.data.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS
 from harness.errors import InputError
 
 SIZE = 224

@@ -24,7 +24,7 @@ from typing import Optional
 import keras
 from keras import layers
 
-from harness.data.heads import heads_for
+from harness.data.labels import heads_for, output_name
 from harness.errors import InputError
 from harness.models.backbones import create_backbone
 from harness.models.freeze import apply_freeze, policy_for
@@ -95,7 +95,7 @@ def _tower(neck, head: str, n_classes: int, cfg):
         activation = cfg.last_activation if i == count - 1 else "relu"
         if activation != "linear":
             x = layers.Activation(activation, name=f"{head}_{activation}{i + 1}")(x)
-    return layers.Dense(n_classes, activation="softmax", name=f"{head}_output")(x)
+    return layers.Dense(n_classes, activation="softmax", name=output_name(head))(x)
 
 
 def count_params(model: keras.Model) -> tuple[int, int, int]:

@@ -1,8 +1,10 @@
-"""Fixed facts about the datasets the ledgers name: heads, class order, majority rates.
+"""The label catalog: the datasets a ledger can name, their heads, class order and majority rates.
 
 The class order is the sorted order `pd.get_dummies` produced in the original notebook. It is
 written down here instead of being derived from the data, so a subset that lacks a class still
-gets the right one-hot width and the same column meaning. Pure Python: the ledger imports it.
+gets the right one-hot width and the same column meaning. Each head is one model output, named
+`output_name(head)`; the labels the pipeline yields are keyed by those names. Pure Python: the
+ledger and the metric contract import it.
 """
 
 HVC_HEADS = {
@@ -34,7 +36,7 @@ HVC_CSV_HEADER = (
 )
 
 # Share of the most frequent class on the real 6,000-row subset: a head at this rate has
-# learned nothing. The results table reports gender's lift over it.
+# learned nothing. The results table reports the primary head's lift over it.
 HVC_MAJORITY_RATES = {
     "gender": 0.556, "image_quality": 0.550, "age": 0.397, "weight": 0.630,
     "bag": 0.570, "footwear": 0.436, "emotion": 0.732, "pose": 0.629,
@@ -47,9 +49,12 @@ CIFAR10_CLASSES = (
 
 DATASET_HEADS = {
     "hvc": HVC_HEADS,
-    # Single-head dataset: metrics are logged as `acc` / `val_acc`, not per head.
+    # Single-head dataset: its metrics carry no head name (see harness.metrics).
     "cifar10": {"class": CIFAR10_CLASSES},
 }
+
+# CIFAR-10's validation set (its 10,000-image test batch) holds 1,000 images of each class.
+MAJORITY_RATES = {"hvc": HVC_MAJORITY_RATES, "cifar10": {"class": 0.1}}
 
 DATASETS = tuple(DATASET_HEADS)
 
@@ -61,3 +66,13 @@ def heads_for(dataset: str) -> dict:
 
 def is_single_head(dataset: str) -> bool:
     return len(DATASET_HEADS[dataset]) == 1
+
+
+def majority_rates(dataset: str) -> dict:
+    """Head -> share of its most frequent class ({} when unknown)."""
+    return MAJORITY_RATES.get(dataset, {})
+
+
+def output_name(head: str) -> str:
+    """The model output (and label key) of a head: `gender_output`."""
+    return f"{head}_output"
