@@ -75,7 +75,8 @@ def measure_cache(folder: Path, n: int, size: int, epochs: int = 3) -> dict:
     from harness.data.pipeline import make_datasets
     from harness.data.split import split
     from harness.models import build_model
-    from harness.train import FeatureInputs, Runner, head_model, set_seeds
+    from harness.models import head_model
+    from harness.train import FeatureInputs, Runner, set_seeds
 
     iteration = _iteration("first", data={"image_size": size, "cache": "memory", "limit": n},
                            passes=[{"epochs": epochs}])

@@ -192,9 +192,8 @@ def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri
 
     import tempfile
 
-    import keras
-
     from harness.data.labels import heads_for
+    from harness.models import load_model
     from harness.data.pipeline import eval_dataset
     from harness.train import labels_for_model
 
@@ -204,7 +203,7 @@ def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri
         files = sorted(Path(checkpoint).glob("*.keras"))
         if not files:
             raise InputError(f"{name}: run {run.info.run_id} has no checkpoint artifact")
-        model = keras.models.load_model(files[0])
+        model = load_model(files[0])
         dataset, _labels = eval_dataset(data_dir, iteration)
         logs = model.evaluate(labels_for_model(dataset, heads), return_dict=True, verbose=0)
     result = dict(sorted(metrics.from_keras_logs(logs, iteration.data.name).items()))

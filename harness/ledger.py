@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from harness.errors import InputError
 from harness import metrics
 from harness.data.labels import DATASETS
-
-# Kept in step with harness.models.backbones' registry by a test; written out here so that
-# validating a ledger never imports TensorFlow.
-BACKBONES = ("vgg16", "resnet20v1", "densenet121", "custom")
+from harness.models import catalog
 
 # Keys that describe an iteration rather than configure training: they are left out of the
 # config sha (editing a remark must not force a fresh run) and of "changes vs parent".
@@ -93,24 +90,43 @@ Freeze = Union[Literal["none", "backbone"], tuple[FreezeRule, ...]]
 
 
 class BackboneConfig(_Strict):
+    """A backbone of harness.models.catalog: its name, weights and options are checked there."""
+
     name: str = "vgg16"
     weights: Optional[Literal["imagenet"]] = None
     freeze: Freeze = "none"
-    # ResNet v1 depth (6n+2); only read by resnet20v1.
+    # ResNet v1 depth (6n+2); only resnet20v1 takes it.
     depth: Optional[int] = Field(None, gt=1)
 
     @field_validator("name")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        if value not in BACKBONES:
-            raise ValueError(f"unknown backbone '{value}'{_suggest(value, BACKBONES)}; known: {', '.join(BACKBONES)}")
+        known = catalog.names()
+        if value not in known:
+            raise ValueError(f"unknown backbone '{value}'{_suggest(value, known)}; known: {', '.join(known)}")
         return value
 
-    @model_validator(mode="after")
-    def _depth_is_6n_plus_2(self):
-        if self.depth is not None and (self.depth - 2) % 6 != 0:
-            raise ValueError(f"depth {self.depth} is not 6n+2 (20, 32, 44, 56, ...)")
-        return self
+    @field_validator("weights")
+    @classmethod
+    def _pretrained_available(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        name = info.data.get("name")
+        problem = catalog.weights_problem(name, value) if name in catalog.CATALOG else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("depth")
+    @classmethod
+    def _option_taken(cls, value: Optional[int], info: ValidationInfo) -> Optional[int]:
+        name = info.data.get("name")
+        if value is not None and name in catalog.CATALOG:
+            for _, problem in catalog.option_problems(name, {"depth": value}):
+                raise ValueError(problem)
+        return value
+
+    def options(self) -> dict:
+        """The catalog options this backbone config sets."""
+        return {"depth": self.depth} if self.depth is not None else {}
 
 
 class HeadConfig(_Strict):

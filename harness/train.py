@@ -125,15 +125,6 @@ class FeatureInputs:
                    build=lambda array: make_datasets(iteration, table, train_idx, val_idx, features=array))
 
 
-def head_model(model):
-    """The model minus its backbone: the neck, towers and outputs as a model over the
-    backbone's output. Its layers are the full model's own, so training it trains them."""
-    import keras
-
-    backbone = model.get_layer("backbone")
-    return keras.Model(backbone._inbound_nodes[0].output_tensors[0], model.outputs, name="head")
-
-
 def labels_for_model(dataset, heads: dict):
     """A single-output Keras model wants plain label arrays, not a one-key dict."""
     if len(heads) != 1:
@@ -309,9 +300,7 @@ class Runner:
     def _model_for_pass(self, index: int, pass_: PassConfig):
         """The model a pass starts from: a fresh build, the previous pass's best or final
         weights, or (resuming mid-pass) the last checkpoint with its optimizer state."""
-        import keras
-
-        from harness.models import apply_freeze, build_model
+        from harness.models import apply_freeze, build_model, load_model
 
         model = build_model(self.iteration)
         if self.state.pass_index == index and self.state.epochs_in_pass > 0:
@@ -327,7 +316,7 @@ class Runner:
             if not source.exists():  # a pass that never improved has no best: use where it ended
                 source = self.pass_dir(index - 1) / "final.keras"
             self.log(f"pass {index + 1} starts from pass {index}'s {pass_.resume_from} checkpoint ({source.name})")
-            model.set_weights(keras.models.load_model(source, compile=False).get_weights())
+            model.set_weights(load_model(source, compile=False).get_weights())
         apply_freeze(model, pass_.freeze if pass_.freeze is not None else self.iteration.backbone.freeze)
         self._compile(model, pass_)
         return model, False
@@ -361,13 +350,15 @@ class Runner:
     def _feature_data(self, model):
         """Datasets of backbone features for every train and val row, computed once per set of
         backbone weights (passes that reload the same frozen backbone reuse them)."""
+        from harness.models import feature_model
+
         backbone = model.get_layer("backbone")
         key = float(sum(np.abs(w).sum(dtype=np.float64) for w in backbone.get_weights()))
         if key not in self._features:
             inputs = self.feature_inputs
             started = time.perf_counter()
             images = self.bundle.rows(inputs.rows).map(lambda x, y: x)
-            computed = backbone.predict(images, verbose=0).astype(np.float32)
+            computed = feature_model(model).predict(images, verbose=0).astype(np.float32)
             features = np.zeros((inputs.n_rows, *computed.shape[1:]), np.float32)
             features[inputs.rows] = computed
             self._features[key] = inputs.build(features)
@@ -408,6 +399,8 @@ class Runner:
         return self._for_model(self.data.val)
 
     def run_pass(self, index: int) -> PassResult:
+        from harness import models
+
         it = self.iteration
         pass_ = it.passes[index]
         self.reporter.pass_started(index, it)
@@ -415,7 +408,7 @@ class Runner:
         self.full_model, fit_model, self.data = model, model, self.bundle
         if self._feature_cache_applies(pass_):
             self.data = self._feature_data(model)
-            fit_model = head_model(model)
+            fit_model = models.head_model(model)
             self._compile(fit_model, pass_, optimizer=model.optimizer)  # shared: saved with the model
         self.stopped_early = False
         if self.state.pass_index != index:

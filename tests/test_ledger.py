@@ -214,6 +214,32 @@ def test_unknown_backbone_and_dataset(tmp_path):
                for e in lines)
 
 
+def test_backbone_options_and_weights_are_checked_against_the_catalog(tmp_path):
+    path = write(tmp_path, """\
+        a:
+          passes: [{epochs: 1}]
+          backbone: {name: vgg16, depth: 20}
+        b:
+          passes: [{epochs: 1}]
+          backbone: {name: resnet20v1, depth: 21}
+        c:
+          passes: [{epochs: 1}]
+          backbone:
+            name: custom
+            weights: imagenet
+        d:
+          passes: [{epochs: 1}]
+          backbone: {name: densenet121, weights: imagenet}
+        """)
+    assert errors_of(path, "a") == [f"{path}:{line_of(path, 'depth: 20')}: a.backbone.depth: "
+                                    f"vgg16 does not take depth (it takes: no options)"]
+    assert errors_of(path, "b") == [f"{path}:{line_of(path, 'depth: 21')}: b.backbone.depth: "
+                                    f"ResNet v1 depth must be 6n+2 (20, 32, 44, ...), got 21"]
+    assert errors_of(path, "c") == [f"{path}:{line_of(path, 'weights: imagenet')}: c.backbone.weights: "
+                                    f"backbone custom has no pretrained weights (got 'imagenet'); use null"]
+    assert ledger.load(path).resolve("d").backbone.weights == "imagenet"
+
+
 def test_extends_missing_iteration(tmp_path):
     path = write(tmp_path, """\
         base: {passes: [{epochs: 1}]}

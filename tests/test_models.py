@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import inspect
+
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 keras = pytest.importorskip("keras")
 
@@ -19,7 +22,8 @@ from harness import ledger  # noqa: E402
 from harness.data.labels import heads_for  # noqa: E402
 from harness.errors import InputError  # noqa: E402
 from harness.models import apply_freeze, build_model, count_params, list_backbones  # noqa: E402
-from harness.models.backbones import create_backbone, register_backbone  # noqa: E402
+from harness.models import backbones, catalog  # noqa: E402
+from harness.models.backbones import Preprocess, create_backbone, register_backbone  # noqa: E402
 from harness.models.freeze import iter_layers, policy_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +80,19 @@ def compile_sgd(model, lr=1e-2, eager=False):
 # --------------------------------------------------------------------------- registry
 
 
-def test_registry_matches_the_ledger():
-    assert list_backbones() == sorted(ledger.BACKBONES)
+def test_registry_builds_exactly_the_catalog():
+    assert list_backbones() == sorted(catalog.names())
+
+
+def test_each_builder_takes_the_options_its_catalog_entry_lists():
+    for name in catalog.names():
+        parameters = set(inspect.signature(backbones._REGISTRY[name]).parameters) - {"input_shape", "weights"}
+        assert parameters == set(catalog.spec(name).options), name
+
+
+def test_registering_a_name_the_catalog_lacks_is_an_error():
+    with pytest.raises(ValueError, match="not in harness.models.catalog"):
+        register_backbone("vgg19")(lambda input_shape, weights=None: None)
 
 
 def test_registering_a_name_twice_is_an_error():
@@ -88,7 +103,7 @@ def test_registering_a_name_twice_is_an_error():
 def test_unknown_backbone_and_option_are_input_errors():
     with pytest.raises(InputError, match="unknown backbone 'vgg19'"):
         create_backbone("vgg19", (32, 32, 3))
-    with pytest.raises(InputError, match="does not take option"):
+    with pytest.raises(InputError, match="does not take depth"):
         create_backbone("vgg16", (32, 32, 3), depth=20)
 
 
@@ -200,10 +215,11 @@ def test_cifar_ledger_resnet20_iterations_count_274442():
     assert checked
 
 
-def test_depth_on_another_backbone_names_the_field():
-    iteration = make_iteration(backbone={"name": "vgg16", "depth": 20}, data={"name": "hvc", "image_size": 32})
-    with pytest.raises(InputError, match="handmade.backbone.depth"):
-        build_model(iteration)
+def test_depth_on_another_backbone_is_refused_by_the_ledger_and_the_registry():
+    with pytest.raises(ValidationError, match="vgg16 does not take depth"):
+        make_iteration(backbone={"name": "vgg16", "depth": 20}, data={"name": "hvc", "image_size": 32})
+    with pytest.raises(InputError, match="backbone.depth: vgg16 does not take depth"):
+        create_backbone("vgg16", (32, 32, 3), depth=20)
 
 
 def test_too_small_images_are_input_errors():
@@ -337,11 +353,54 @@ def test_imagenet_on_a_backbone_without_pretrained_weights():
         create_backbone("custom", (32, 32, 3), weights="imagenet")
 
 
+@pytest.mark.parametrize("mode, reference", [
+    ("caffe", "vgg16"),
+    ("torch", "densenet"),
+])
+def test_preprocess_layer_matches_keras_preprocess_input_on_unit_images(mode, reference):
+    """The pipeline feeds [0, 1] RGB; keras.applications' preprocess_input takes 0-255."""
+    x = np.random.default_rng(0).uniform(0, 1, size=(2, 8, 8, 3)).astype("float32")
+    expected = getattr(keras.applications, reference).preprocess_input(x * 255.0)
+    np.testing.assert_allclose(np.asarray(Preprocess(mode)(x)), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_pretrained_backbones_get_their_preprocessing_and_it_survives_a_keras_file(tmp_path, monkeypatch):
+    # No weight file on this machine: build the architecture, keep the pretrained path's layers.
+    monkeypatch.setattr(backbones, "pretrained_file", lambda name, weights="imagenet": None)
+    assert catalog.preprocessing_for("vgg16", "imagenet").mode == "caffe"
+    assert catalog.preprocessing_for("densenet121", "imagenet").mode == "torch"
+    iteration = small("vgg16").model_copy(update={"backbone": ledger.BackboneConfig(name="vgg16", weights="imagenet")})
+    model = build_model(iteration)
+    assert model.get_layer("preprocess").mode == "caffe"
+    assert "preprocess" not in [layer.name for layer in build_model(small("vgg16")).layers]
+    model.save(tmp_path / "m.keras")
+    from harness.models import load_model
+
+    loaded = load_model(tmp_path / "m.keras")
+    x, _ = fixed_batch(model, n=2)
+    for a, b in zip(model(x, training=False), loaded(x, training=False)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_feature_and_head_models_split_the_whole_model_and_share_its_layers():
+    from harness.models import feature_model, head_model
+
+    for neck in ("gap", "flatten"):
+        model = build_model(small("custom", neck=neck))
+        x, _ = fixed_batch(model, n=2)
+        features = feature_model(model).predict(x, verbose=0)
+        head = head_model(model)
+        for a, b in zip(head(features, training=False), model(x, training=False)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        shared = {id(layer) for layer in model.layers}
+        assert all(id(layer) in shared for layer in head.layers if not isinstance(layer, keras.layers.InputLayer))
+
+
 # --------------------------------------------------------------------------- import hygiene
 
 
 def test_ledger_and_models_package_do_not_import_tensorflow():
-    code = ("import sys, harness.ledger, harness.models; "
+    code = ("import sys, harness.ledger, harness.models, harness.models.catalog; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

@@ -1,12 +1,15 @@
-"""Models: a backbone registry, multi-head towers and freeze policies (imports TensorFlow).
+"""Models: the backbone catalog and registry, multi-head towers and freeze policies.
 
-The names below load on first use, so `import harness.models` alone stays cheap; the submodules
-(backbones, heads, freeze) import Keras. harness.ledger never imports this package.
+The names below load on first use, so `import harness.models` alone stays cheap: `catalog` is
+pure Python (the ledger validates from it); `backbones`, `build` and `freeze` import Keras.
 """
 
 _EXPORTS = {
-    "build_model": "harness.models.heads",
-    "count_params": "harness.models.heads",
+    "build_model": "harness.models.build",
+    "count_params": "harness.models.build",
+    "feature_model": "harness.models.build",
+    "head_model": "harness.models.build",
+    "load_model": "harness.models.build",
     "apply_freeze": "harness.models.freeze",
     "policy_for": "harness.models.freeze",
     "FreezeSummary": "harness.models.freeze",

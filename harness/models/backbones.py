@@ -1,14 +1,15 @@
-"""Backbone registry: a name in the ledger -> a function that builds a Keras feature extractor.
+"""Backbone registry: a catalog name -> the function that builds its Keras feature extractor.
 
 Every backbone is a functional `keras.Model` named "backbone" that maps an image batch
 (N, S, S, 3) to a feature map (N, h, w, c). The full model nests it as one layer, so:
 - the freeze policy "backbone" is one switch on one layer;
-- a feature cache can run `model.get_layer("backbone")` alone and train the rest on its outputs;
+- a feature cache can run the image-to-features part alone and train the rest on its outputs;
 - the heads never depend on which backbone sits underneath.
 
-Registering a backbone is a decorator (timm's pattern), so adding one is one function here and
-one name in `harness.ledger.BACKBONES` (a test keeps the two in step; the ledger keeps its own
-copy so that validating a ledger never imports TensorFlow).
+What a backbone is (its options, minimum size, pretrained weights and their preprocessing) is
+written in harness.models.catalog; here each catalog name gets its builder through a decorator
+(timm's pattern). `create_backbone` checks options, size and weights against the catalog before
+building, so a ledger typo never silently builds something else.
 
 Layers get explicit, stable names (`stack2_block1_conv1`, `stage3_sep`, ...) instead of Keras'
 global counters (`conv2d_17`), so freeze rules written as name patterns mean the same thing in
@@ -18,7 +19,6 @@ every process.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,6 +27,7 @@ import keras
 from keras import layers
 
 from harness.errors import InputError
+from harness.models import catalog
 
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
 
@@ -35,11 +36,15 @@ BACKBONE_NAME = "backbone"
 
 def register_backbone(name: str):
     """Decorator: `@register_backbone("vgg16")` makes `create_backbone("vgg16", ...)` call the
-    function with `(input_shape, weights=..., **options)`."""
+    function with `(input_shape, weights=..., **options)`: `weights` the path of a checked weight
+    file or None, the options the catalog's defaults overridden by the caller's. The name must be
+    in the catalog."""
 
     def decorate(fn):
         if name in _REGISTRY:
             raise ValueError(f"backbone '{name}' is registered twice")
+        if name not in catalog.CATALOG:
+            raise ValueError(f"backbone '{name}' is not in harness.models.catalog; add its entry there first")
         _REGISTRY[name] = fn
         return fn
 
@@ -54,33 +59,38 @@ def list_backbones() -> list[str]:
 def create_backbone(name: str, input_shape, weights: Optional[str] = None, **options) -> keras.Model:
     """Build the registered backbone `name` for images of `input_shape` (H, W, 3).
 
-    `weights` is None (random init) or "imagenet" (only for keras.applications backbones; the
-    file must already be on disk, see `imagenet_weights_file`). Unknown names and options the
-    backbone does not take are InputErrors: a ledger typo must not silently build something else.
-    """
+    `weights` is None (random init) or a name the catalog lists for the backbone ("imagenet");
+    the file must already be on disk, see `pretrained_file`. Unknown names, options the backbone
+    does not take and weights it does not have are InputErrors."""
     if name not in _REGISTRY:
         raise InputError(f"backbone.name: unknown backbone '{name}'; known: {', '.join(list_backbones())}")
-    factory = _REGISTRY[name]
-    accepted = set(inspect.signature(factory).parameters) - {"input_shape", "weights"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        takes = ", ".join(sorted(accepted)) or "no options"
-        raise InputError(f"backbone: '{name}' does not take option(s) {', '.join(unknown)} (it takes: {takes})")
+    spec = catalog.spec(name)
+    problems = [f"backbone.{option}: {message}" for option, message in catalog.option_problems(name, options)]
+    weights_problem = catalog.weights_problem(name, weights)
+    if weights_problem:
+        problems.append(f"backbone.weights: {weights_problem}")
+    if problems:
+        raise InputError(problems)
     input_shape = tuple(int(d) for d in input_shape)
-    model = factory(input_shape, weights=weights, **options)
+    _check_size(spec, input_shape)
+    source = pretrained_file(name, weights) if weights is not None else None
+    model = _REGISTRY[name](input_shape, weights=str(source) if source else None, **{**spec.options, **options})
     if model.name != BACKBONE_NAME:
         raise AssertionError(f"backbone factory '{name}' must return a model named '{BACKBONE_NAME}'")
     return model
 
 
-# --------------------------------------------------------------------------- imagenet weights
+def _check_size(spec: catalog.BackboneSpec, input_shape) -> None:
+    if spec.min_size is None:
+        return
+    if input_shape[-1] != 3:
+        raise InputError(f"input_shape: backbone {spec.name} needs 3-channel images, got {input_shape}")
+    if min(input_shape[:2]) < spec.min_size:
+        raise InputError(f"data.image_size: backbone {spec.name} needs images of at least "
+                         f"{spec.min_size}x{spec.min_size}, got {input_shape[0]}x{input_shape[1]}")
 
-# File names and md5 hashes exactly as keras.applications (Keras 3.15) downloads them.
-_IMAGENET_NOTOP = {
-    "vgg16": ("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"),
-    "densenet121": ("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "30ee3e1110167f948a6b9946edeeb738"),
-}
-_IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+# --------------------------------------------------------------------------- pretrained weights
 
 
 def keras_models_dir() -> Path:
@@ -95,42 +105,58 @@ def keras_models_dir() -> Path:
     return base / "models"
 
 
-def imagenet_weights_file(backbone: str) -> Path:
-    """Path of the no-top ImageNet weight file for `backbone`, checked to exist and to be the
-    file Keras expects.
+def pretrained_file(backbone: str, weights: str = "imagenet") -> Path:
+    """Path of the catalog's weight file for `backbone`, checked to exist and to be the file
+    Keras expects (md5).
 
     Checked before calling keras.applications because, without a network, Keras would try to
     download it and fail after a long timeout with an error that does not say where to put the
     file. Training machines are often offline; this says exactly which file to place where.
     """
-    file_name, md5 = _IMAGENET_NOTOP[backbone]
+    entry = catalog.spec(backbone).pretrained[weights]
     folder = keras_models_dir()
-    path = folder / file_name
+    path = folder / entry.file
     if not path.is_file():
-        subdir = "vgg16" if backbone == "vgg16" else "densenet"
         raise InputError(
-            f"backbone.weights: imagenet weights for {backbone} not found: place {file_name} in {folder}/ "
-            f"(download {_IMAGENET_URL}{subdir}/{file_name}; set KERAS_HOME to use another folder than ~/.keras)"
+            f"backbone.weights: {weights} weights for {backbone} not found: place {entry.file} in {folder}/ "
+            f"(download {entry.url}; set KERAS_HOME to use another folder than ~/.keras)"
         )
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    if digest.hexdigest() != md5:
+    if digest.hexdigest() != entry.md5:
         raise InputError(f"backbone.weights: {path} is not the file Keras expects (md5 mismatch; a partial download?)")
     return path
 
 
-def _check_min_size(name: str, input_shape, minimum: int) -> None:
-    if input_shape[-1] != 3:
-        raise InputError(f"input_shape: backbone {name} needs 3-channel images, got {input_shape}")
-    if min(input_shape[:2]) < minimum:
-        raise InputError(f"data.image_size: backbone {name} needs images of at least {minimum}x{minimum}, got {input_shape[0]}x{input_shape[1]}")
+@keras.saving.register_keras_serializable(package="harness")
+class Preprocess(keras.layers.Layer):
+    """[0, 1] RGB images -> the inputs pretrained weights expect (harness.models.catalog's
+    PREPROCESSING[mode]: keras.applications' `preprocess_input` restated for [0, 1] input).
+    No weights; saved in .keras files by its mode."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+        self.spec = catalog.PREPROCESSING[mode]
+
+    def call(self, images):
+        x = images * self.spec.scale
+        if self.spec.bgr:
+            x = keras.ops.flip(x, axis=-1)
+        mean = keras.ops.convert_to_tensor(self.spec.mean, dtype=x.dtype)
+        std = keras.ops.convert_to_tensor(self.spec.std, dtype=x.dtype)
+        return (x - mean) / std
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
 
 
-def _no_pretrained(name: str, weights) -> None:
-    if weights is not None:
-        raise InputError(f"backbone.weights: backbone {name} has no pretrained weights (got '{weights}'); use null")
+def preprocessing_layer(name: str, weights: Optional[str]) -> Optional[keras.layers.Layer]:
+    """The layer a model puts before backbone `name` with `weights`; None when it needs none."""
+    spec = catalog.preprocessing_for(name, weights)
+    return Preprocess(spec.mode, name="preprocess") if spec is not None else None
 
 
 # --------------------------------------------------------------------------- keras.applications
@@ -139,20 +165,16 @@ def _no_pretrained(name: str, weights) -> None:
 @register_backbone("vgg16")
 def vgg16(input_shape, weights=None) -> keras.Model:
     """VGG16 convolutional part (include_top=False): the notes' original backbone, 14,714,688
-    parameters, output (S/32, S/32, 512). ImageNet weights expect `vgg16.preprocess_input`
-    (BGR, mean-subtracted, unscaled) inputs."""
-    _check_min_size("vgg16", input_shape, 32)
-    source = str(imagenet_weights_file("vgg16")) if weights == "imagenet" else None
-    return keras.applications.VGG16(include_top=False, weights=source, input_shape=input_shape, name=BACKBONE_NAME)
+    parameters, output (S/32, S/32, 512)."""
+    return keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape, name=BACKBONE_NAME)
 
 
 @register_backbone("densenet121")
 def densenet121(input_shape, weights=None) -> keras.Model:
     """DenseNet121 without its classifier: the notes' final backbone, 7,037,504 parameters,
-    output (S/32, S/32, 1024). ImageNet weights expect `densenet.preprocess_input` (torch mode)."""
-    _check_min_size("densenet121", input_shape, 32)
-    source = str(imagenet_weights_file("densenet121")) if weights == "imagenet" else None
-    return keras.applications.DenseNet121(include_top=False, weights=source, input_shape=input_shape, name=BACKBONE_NAME)
+    output (S/32, S/32, 1024)."""
+    return keras.applications.DenseNet121(include_top=False, weights=weights, input_shape=input_shape,
+                                          name=BACKBONE_NAME)
 
 
 # --------------------------------------------------------------------------- ResNet v1
@@ -178,8 +200,9 @@ def _resnet_layer(x, name, filters=16, kernel_size=3, strides=1, activation="rel
 
 
 @register_backbone("resnet20v1")
-def resnet20v1(input_shape, weights=None, depth: Optional[int] = None) -> keras.Model:
-    """ResNet v1 for CIFAR-sized images (keras.io "cifar10_resnet", `resnet_v1`), depth 6n+2.
+def resnet20v1(input_shape, weights=None, *, depth: int) -> keras.Model:
+    """ResNet v1 for CIFAR-sized images (keras.io "cifar10_resnet", `resnet_v1`), depth 6n+2
+    (checked by the catalog).
 
     Three stacks of n basic blocks at 16, 32, 64 filters; the first block of stacks 2 and 3
     halves the resolution and matches the shortcut with a 1x1 conv (no BN). The original ends
@@ -187,10 +210,6 @@ def resnet20v1(input_shape, weights=None, depth: Optional[int] = None) -> keras.
     (neck 'gap', neck_units null, no tower), so ResNet20 at 32x32 with 10 classes has exactly
     the original's 274,442 parameters (273,066 trainable) as a whole model.
     """
-    _no_pretrained("resnet20v1", weights)
-    depth = 20 if depth is None else int(depth)
-    if depth < 8 or (depth - 2) % 6 != 0:
-        raise InputError(f"backbone.depth: ResNet v1 depth must be 6n+2 (20, 32, 44, ...), got {depth}")
     blocks = (depth - 2) // 6
     inputs = keras.Input(shape=input_shape, name="image")
     x = _resnet_layer(inputs, "stem")
@@ -220,7 +239,7 @@ BN_MOMENTUM = 0.9
 
 
 @register_backbone("custom")
-def custom(input_shape, weights=None, widths=(32, 64, 128, 256)) -> keras.Model:
+def custom(input_shape, weights=None, *, widths) -> keras.Model:
     """A compact CNN for 64-224 px person crops (the notes' eleventh iteration, "Custom").
 
     Design, and why:
@@ -240,8 +259,6 @@ def custom(input_shape, weights=None, widths=(32, 64, 128, 256)) -> keras.Model:
     - 492,480 parameters (VGG16's conv base: 14.7M), which suits ~11k training images.
     Layer names are `stem_*` and `stage{k}_*`, so freeze rules can target stages.
     """
-    _no_pretrained("custom", weights)
-    _check_min_size("custom", input_shape, 32)
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)

@@ -1,4 +1,4 @@
-"""The full model: image -> nested backbone -> neck -> one tower per head -> softmax outputs.
+"""The full model: image -> [preprocessing] -> nested backbone -> neck -> one tower per head -> softmax outputs.
 
 This is the notes' model made configurable by `iteration.head`:
 
@@ -13,7 +13,11 @@ leaves it out of the graph. That is why the notes' parameter counts (28,089,051 
 (28,221,147 / 13,506,459); both are asserted in tests.
 
 Single-head datasets (CIFAR-10) get one output, `class_output`, returned as a plain tensor so
-Keras logs `accuracy` / `val_accuracy` without a head prefix.
+Keras logs its metrics without a head prefix (harness.metrics maps either form).
+
+A backbone with pretrained weights gets the catalog's preprocessing layer in front of it
+(harness.models.catalog); the feature cache and the head model split the graph at the neck, so
+they follow the same path as the whole model.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from keras import layers
 
 from harness.data.labels import heads_for, output_name
 from harness.errors import InputError
-from harness.models.backbones import create_backbone
+from harness.models.backbones import create_backbone, preprocessing_layer
 from harness.models.freeze import apply_freeze, policy_for
 
 
@@ -41,19 +45,15 @@ def build_model(iteration, input_shape: Optional[tuple] = None, freeze: bool = T
     size = iteration.data.image_size
     input_shape = tuple(input_shape) if input_shape is not None else (size, size, 3)
     spec = iteration.backbone
-    options = {}
-    if spec.depth is not None:
-        if spec.name != "resnet20v1":
-            raise InputError(f"{iteration.name}.backbone.depth: only resnet20v1 reads depth, not {spec.name}")
-        options["depth"] = spec.depth
     try:
-        backbone = create_backbone(spec.name, input_shape, weights=spec.weights, **options)
+        backbone = create_backbone(spec.name, input_shape, weights=spec.weights, **spec.options())
     except InputError as exc:
         # Backbone messages start with the field ("backbone.weights: ..."); say which iteration.
         raise InputError([f"{iteration.name}.{line}" for line in exc.lines]) from None
 
     inputs = keras.Input(shape=input_shape, name="image")
-    features = backbone(inputs)
+    preprocess = preprocessing_layer(spec.name, spec.weights)
+    features = backbone(preprocess(inputs) if preprocess is not None else inputs)
     # One neck shared by all heads; one tower per head, in the dataset's head order.
     neck = _neck(features, iteration.head)
     outputs = [_tower(neck, head, len(classes), iteration.head) for head, classes in heads_for(iteration.data.name).items()]
@@ -63,13 +63,17 @@ def build_model(iteration, input_shape: Optional[tuple] = None, freeze: bool = T
     return model
 
 
+# The neck's first layer, per `head.neck`: it reads the backbone's features.
+NECK_INPUT_LAYERS = {"flatten": "neck_flatten", "gap": "neck_gap"}
+
+
 def _neck(features, cfg):
     """Shared by all heads: Flatten (the notes) or global average pooling (size-agnostic,
     and far fewer parameters after a conv base), then Dense(neck_units, relu) if set."""
     if cfg.neck == "flatten":
-        x = layers.Flatten(name="neck_flatten")(features)
+        x = layers.Flatten(name=NECK_INPUT_LAYERS["flatten"])(features)
     else:
-        x = layers.GlobalAveragePooling2D(name="neck_gap")(features)
+        x = layers.GlobalAveragePooling2D(name=NECK_INPUT_LAYERS["gap"])(features)
     if cfg.neck_units:
         x = layers.Dense(cfg.neck_units, activation="relu", name="neck_dense")(x)
     return x
@@ -105,3 +109,30 @@ def count_params(model: keras.Model) -> tuple[int, int, int]:
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     non_trainable = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
     return trainable + non_trainable, trainable, non_trainable
+
+
+# --------------------------------------------------------------------------- parts and files
+
+
+def _features_tensor(model: keras.Model):
+    """The backbone's output inside `model`'s graph: the input of the neck's first layer."""
+    neck = next((layer for layer in model.layers if layer.name in NECK_INPUT_LAYERS.values()), None)
+    if neck is None:
+        raise ValueError(f"model '{model.name}' has no neck layer ({', '.join(NECK_INPUT_LAYERS.values())})")
+    return neck.input
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """Image -> backbone features (any preprocessing included): what a feature cache computes."""
+    return keras.Model(model.inputs, _features_tensor(model), name="features")
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """The model minus its backbone: the neck, towers and outputs as a model over the
+    backbone's features. Its layers are the full model's own, so training it trains them."""
+    return keras.Model(_features_tensor(model), model.outputs, name="head")
+
+
+def load_model(path, compile: bool = True) -> keras.Model:
+    """A .keras file the harness wrote (its custom layers are registered by this package)."""
+    return keras.models.load_model(path, compile=compile)
