@@ -40,8 +40,7 @@ DEFAULT_DATA = os.environ.get("HARNESS_HVC_REAL", str(ROOT / ".." / "shared" / "
 
 def _iteration(base: str, **changes):
     """An iteration of runs.yaml with a few fields changed (validated like any other)."""
-    resolved = ledger.load(ROOT / "runs.yaml").resolve(base).to_dict()
-    return ledger._validate_iteration(ledger.deep_merge(resolved, changes))
+    return ledger.with_changes(ledger.load(ROOT / "runs.yaml").resolve(base), changes)
 
 
 def _epoch_timer():
@@ -74,9 +73,8 @@ def measure_cache(folder: Path, n: int, size: int, epochs: int = 3) -> dict:
     from harness.data.hvc import load_hvc
     from harness.data.pipeline import make_datasets
     from harness.data.split import split
-    from harness.models import build_model
-    from harness.models import head_model
-    from harness.train import FeatureInputs, Runner, set_seeds
+    from harness.models import build_model, head_model
+    from harness.train import FeatureCache, FeatureInputs, compile_model, set_seeds
 
     iteration = _iteration("first", data={"image_size": size, "cache": "memory", "limit": n},
                            passes=[{"epochs": epochs}])
@@ -84,20 +82,18 @@ def measure_cache(folder: Path, n: int, size: int, epochs: int = 3) -> dict:
     table = load_hvc(folder, limit=n)
     parts = split(table, 0.15, 1)
     images = make_datasets(iteration, table, parts.train, parts.val)
-    inputs = FeatureInputs.of(iteration, table, parts.train, parts.val)
-    runner = Runner(iteration, images, tempfile.mkdtemp(), reporter=None, log=lambda *_: None,
-                    feature_inputs=inputs)
+    cache = FeatureCache(images, FeatureInputs.of(iteration, table, parts.train, parts.val), log=lambda *_: None)
 
     model = build_model(iteration)
-    runner._compile(model, iteration.passes[0])
+    compile_model(model, iteration, iteration.passes[0])
     uncached = _timed_fit(model, images, epochs)
 
     model = build_model(iteration)
     started = time.perf_counter()
-    cached_data = runner._feature_data(model)  # the harness's own feature-cache path
+    cached_data = cache.datasets_for(model)  # the harness's own feature-cache path
     feature_seconds = time.perf_counter() - started
     head = head_model(model)
-    runner._compile(head, iteration.passes[0])
+    compile_model(head, iteration, iteration.passes[0])
     cached = _timed_fit(head, cached_data, epochs)
     return {"n_train": int(len(parts.train)), "n_val": int(len(parts.val)), "size": size,
             "uncached_epoch_s": uncached, "cached_epoch_s": cached, "feature_compute_s": feature_seconds,
@@ -111,7 +107,7 @@ def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8) -> dict:
     from harness.launch import run_iteration
     from harness.models import build_model
     from harness.tracking import Store
-    from harness.train import Runner, set_seeds
+    from harness.train import compile_model, set_seeds, train_stream
 
     changes = dict(data={"image_size": size, "cache": "memory", "limit": n},
                    passes=[{"epochs": epochs, "lr": 0.001}])
@@ -124,9 +120,8 @@ def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8) -> dict:
         parts = split(table, iteration.data.val_fraction, iteration.data.split_seed)
         data = make_datasets(iteration, table, parts.train, parts.val)
         model = build_model(iteration)
-        runner = Runner(iteration, data, tempfile.mkdtemp(), reporter=None, log=lambda *_: None)
-        runner._compile(model, iteration.passes[0])
-        return _timed_fit(model, data, epochs, train=runner._train_data(0)), len(parts.train)
+        compile_model(model, iteration, iteration.passes[0])
+        return _timed_fit(model, data, epochs, train=train_stream(iteration, data, 0)), len(parts.train)
 
     def harness_run() -> float:
         """The full `harness run`, into a throwaway store; epoch ends from MLflow's timestamps."""

@@ -42,14 +42,16 @@ class ConsoleReporter:
     def __init__(self, tracker, iteration, data_label: str, profile: str, log=print):
         self.tracker, self.iteration, self.data_label, self.profile, self.log = tracker, iteration, data_label, profile, log
 
-    def pass_started(self, index, iteration):
+    def pass_started(self, index, iteration, freeze):
         pass_ = iteration.passes[index]
         start = "" if index == 0 else f", from pass {index}'s {pass_.resume_from}"
         stopping = f", early stopping patience {pass_.early_stopping.patience}" if pass_.early_stopping else ""
+        # Rules that decide no layer are usually typos, or patterns meant for another backbone.
+        unmatched = f" | freeze rules that match no layer: {', '.join(freeze.unmatched)}" if freeze.unmatched else ""
         self.log(f"== {iteration.name} pass {index + 1}/{len(iteration.passes)}: {pass_.epochs} epochs, "
                  f"{pass_.describe_lr(iteration.optimizer.lr)}{start}{stopping} | data {self.data_label} | "
-                 f"profile {self.profile}")
-        self.tracker.pass_started(index, iteration)
+                 f"profile {self.profile}{unmatched}")
+        self.tracker.pass_started(index, iteration, freeze)
 
     def epoch_finished(self, pass_index, step, values):
         self.tracker.epoch_finished(pass_index, step, values)
@@ -166,9 +168,7 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
     except BaseException as exc:
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
-    last_pass = runner.pass_dir(len(iteration.passes) - 1)
-    final = last_pass / "best.keras" if (last_pass / "best.keras").exists() else last_pass / "final.keras"
-    summary = tracker.finish(runner.state.history, results, final)
+    summary = tracker.finish(runner.state.history, results, runner.final_checkpoint())
     best = metrics.best_phrase(summary, iteration.data.name)
     log(f"{name}: FINISHED, {best}; run {tracker.run_id}; open the UI with `make ui` "
         f"(experiment {book.experiment})")

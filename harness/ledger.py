@@ -482,12 +482,7 @@ class Ledger:
     # ---- locations
 
     def _line(self, path: Path_) -> int:
-        """Line for a path, falling back to the nearest enclosing key that has one."""
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            path = path[:-1]
-        return 1
+        return _nearest(self.lines, path)
 
     def _chain(self, name: str) -> list[str]:
         """`name`, its parent, grandparent, ... (cycles and missing parents raise)."""
@@ -542,33 +537,14 @@ class Ledger:
     def _validate(self, name: str, merged: dict, chain: Optional[list[str]] = None) -> Iteration:
         chain = chain or self._chain(name)
         try:
-            return _validate_iteration(merged)
+            return validate_dict(merged)
         except ValidationError as exc:
-            errors = _innermost(exc.errors())
-            lines = [self._format_error(name, chain, err) for err in errors]
+            lines = []
+            for err in _innermost(exc.errors()):
+                loc = _file_loc(err["loc"])
+                dotted = ".".join(str(p) for p in (name,) + loc)
+                lines.append(f"{self.path}:{self._origin_line(chain, loc)}: {dotted}: {_error_message(err, loc)}")
             raise LedgerError(list(dict.fromkeys(lines))) from None
-
-    def _format_error(self, name: str, chain: list[str], err: dict) -> str:
-        loc = tuple(err["loc"])
-        # Union members add their own names to the location ("literal['none','backbone']",
-        # "tuple[...]"); they mean nothing in the file, so drop them.
-        loc = tuple(p for p in loc if isinstance(p, int) or not any(c in p for c in "[]'"))
-        dotted = ".".join(str(p) for p in (name,) + loc)
-        where = f"{self.path}:{self._origin_line(chain, loc)}"
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            model = _model_at(Iteration, loc[:-1])
-            known = list(model.model_fields) if model else []
-            known = [k for k in known if k != "name"]
-            return f"{where}: {dotted}: unknown key '{loc[-1]}'{_suggest(loc[-1], known)}"
-        message = err["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, "):]
-        if kind == "missing":
-            message = "required field is missing"
-        elif "input" in err and kind not in ("value_error",) and not isinstance(err["input"], (dict, list)):
-            message = f"{message} (got {err['input']!r})"
-        return f"{where}: {dotted}: {message}"
 
     def apply_profile(self, iteration: Iteration, profile_name: str) -> Iteration:
         if profile_name not in self.profiles:
@@ -580,7 +556,7 @@ class Ledger:
         if profile.max_epochs_per_pass:
             merged["passes"] = [_cap_pass(p, profile.max_epochs_per_pass) for p in merged["passes"]]
         try:
-            return _validate_iteration(merged)
+            return validate_dict(merged)
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
@@ -588,9 +564,6 @@ class Ledger:
                 where = f"{self.path}:{self._line(('profiles', profile_name))}"
                 lines.append(f"{where}: profiles.{profile_name} on {iteration.name}.{loc}: {err['msg']}")
             raise LedgerError(lines) from None
-
-    def parent_of(self, iteration: Iteration) -> Optional[Iteration]:
-        return self.resolve(iteration.extends) if iteration.extends else None
 
     def validate_all(self) -> list[Iteration]:
         """Resolve every iteration (and every profile on each); collect all errors."""
@@ -609,6 +582,29 @@ class Ledger:
         return resolved
 
 
+def _file_loc(loc) -> tuple:
+    """A pydantic error location as the file spells it: union members add their own names
+    ("literal['none','backbone']", "tuple[...]"), which mean nothing in the file."""
+    return tuple(p for p in loc if isinstance(p, int) or not any(c in p for c in "[]'"))
+
+
+def _error_message(err: dict, loc: tuple) -> str:
+    """What a pydantic error says, in the ledger's words."""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(Iteration, loc[:-1])
+        known = [k for k in (model.model_fields if model else []) if k != "name"]
+        return f"unknown key '{loc[-1]}'{_suggest(loc[-1], known)}"
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if kind == "missing":
+        message = "required field is missing"
+    elif "input" in err and kind not in ("value_error",) and not isinstance(err["input"], (dict, list)):
+        message = f"{message} (got {err['input']!r})"
+    return message
+
+
 def _innermost(errors: list[dict]) -> list[dict]:
     """Drop errors on a container when a field inside it failed too: pydantic adds a follow-on
     "passes: should have at least 1 item" once the only pass was rejected."""
@@ -617,9 +613,11 @@ def _innermost(errors: list[dict]) -> list[dict]:
             if not any(other != loc and other[:len(loc)] == loc for other in locs)]
 
 
-def _validate_iteration(merged: dict) -> Iteration:
-    """Validate through JSON so strict mode takes YAML lists for tuples (JSON has only arrays)
-    while still refusing a string where a number belongs."""
+def validate_dict(merged: dict) -> Iteration:
+    """A resolved iteration as a plain dict -> a validated Iteration (pydantic's ValidationError
+    if it is not one). Validates through JSON so strict mode takes YAML lists for tuples (JSON
+    has only arrays) while still refusing a string where a number belongs; an unset resume_from
+    becomes "none" for the first pass and "last" for later ones."""
     passes = merged.get("passes")
     if isinstance(passes, list):  # unset resume_from: "none" for the first pass, "last" later
         merged = dict(merged, passes=[
@@ -627,6 +625,16 @@ def _validate_iteration(merged: dict) -> Iteration:
             for i, p in enumerate(passes)
         ])
     return Iteration.model_validate_json(json.dumps(merged, default=str))
+
+
+def with_changes(iteration: Iteration, changes: dict) -> Iteration:
+    """`iteration` with `changes` deep-merged in (maps merge, lists replace) and validated like a
+    ledger entry: a variant to train (a sweep trial, a benchmark). Raises LedgerError."""
+    try:
+        return validate_dict(deep_merge(iteration.to_dict(), changes))
+    except ValidationError as exc:
+        raise LedgerError([f"{iteration.name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                           for err in _innermost(exc.errors())]) from None
 
 
 def _cap_pass(pass_dict: dict, max_epochs: int) -> dict:

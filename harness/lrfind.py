@@ -57,21 +57,17 @@ def lr_at(step: int, steps: int, min_lr: float, max_lr: float) -> float:
 
 def range_test(iteration, data, min_lr: float, max_lr: float, steps: int, log=print) -> LRCurve:
     """Run the test on `data` (harness.data.pipeline Datasets); returns the curve."""
-    import tempfile
-
     from harness.models import build_model, policy_for
-    from harness.train import Runner
+    from harness.train.compile import compile_model, train_stream
 
     model = build_model(iteration)  # the first pass's freeze policy is applied by build_model
-    with tempfile.TemporaryDirectory(prefix="lr-find-") as scratch:
-        runner = Runner(iteration, data, scratch, reporter=None, log=log)  # for its compile and batches
-    runner._compile(model, iteration.passes[0])
+    compile_model(model, iteration, iteration.passes[0])
     policy = policy_for(iteration, 0)
     log(f"lr-find {iteration.name}: up to {steps} batches of {data.batch_size}, LR {min_lr:g} -> {max_lr:g}, "
         f"freeze {policy if isinstance(policy, str) else 'rules'}")
     curve = LRCurve()
     average, best = 0.0, math.inf
-    batches = runner._train_data(0)  # the first pass's batches, class weights included
+    batches = train_stream(iteration, data, 0)  # the first pass's batches, class weights included
     for step, batch in enumerate(batches.take(steps)):
         lr = lr_at(step, steps, min_lr, max_lr)
         model.optimizer.learning_rate.assign(lr)

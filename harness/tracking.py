@@ -190,7 +190,7 @@ class RunTracker:
             self.epoch_finished(entry["pass"], entry["step"], entry["metrics"])
         return len(missing)
 
-    def pass_started(self, index: int, iteration: Iteration) -> None:
+    def pass_started(self, index: int, iteration: Iteration, freeze=None) -> None:
         if index in self.children:
             self.client.update_run(self.children[index], status="RUNNING")
             return

@@ -181,6 +181,7 @@ def test_resume_from_best_starts_from_the_best_weights(book, synth, store_uri):
     from harness.data.pipeline import make_datasets
     from harness.data.source import open_dataset
     from harness.train import Runner
+    from harness.train.loop import new_model
 
     iteration = book.resolve("two")
     table, _ = open_dataset(iteration, str(synth))
@@ -196,8 +197,8 @@ def test_resume_from_best_starts_from_the_best_weights(book, synth, store_uri):
     runner = Runner(iteration, bundle, workdir, Quiet(), log=lambda *_: None)
     first = runner.run_pass(0)
     best = keras.models.load_model(first.best_checkpoint)
-    model, resumed = runner._model_for_pass(1, iteration.passes[1])
-    assert not resumed
+    model, _ = new_model(iteration, 1)
+    runner.restore(1, model)
     for got, want in zip(model.get_weights(), best.get_weights()):
         np.testing.assert_array_equal(got, want)
     # and the best checkpoint is the one whose val_loss was lowest
@@ -402,3 +403,38 @@ def test_bad_data_exits_2_and_writes_nothing(tmp_path, synth):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "hvc_annotations.csv:" in errors[0] and "mail" in errors[0]
     assert not (tmp_path / "store").exists()
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    from harness.train import atomic_write
+
+    path = tmp_path / "state.json"
+    atomic_write(path, lambda tmp: tmp.write_text("one"))
+    assert path.read_text() == "one"
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(path, broken)
+    assert path.read_text() == "one"
+    atomic_write(path, lambda tmp: tmp.write_text("two"))
+    assert path.read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_pass_header_names_freeze_rules_that_match_no_layer(book):
+    from harness.launch import ConsoleReporter
+    from harness.models import FreezeSummary
+
+    class Tracker:
+        def pass_started(self, *a): self.started = a
+
+    lines, tracker = [], Tracker()
+    iteration = book.resolve("one")
+    reporter = ConsoleReporter(tracker, iteration, "synth", "full", log=lines.append)
+    reporter.pass_started(0, iteration, FreezeSummary("rules [...]", ("a",), (), ("^stage9_",)))
+    reporter.pass_started(0, iteration, FreezeSummary("none", ("a",), ()))
+    assert lines[0].endswith("| profile full | freeze rules that match no layer: ^stage9_")
+    assert lines[1].endswith("| profile full")
+    assert tracker.started[0] == 0

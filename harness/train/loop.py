@@ -1,0 +1,257 @@
+"""The pass loop: one iteration's passes, with LR schedules, checkpoints, early stopping, a
+divergence stop and resume after a kill.
+
+No YAML and no MLflow here: the Runner gets a resolved Iteration and the datasets, and reports
+every pass start, finished epoch and finished pass to a `Reporter` (harness.tracking's tracker
+behind the console, or a test's). What it keeps on disk is described in
+harness.train.checkpoints; how a model is compiled and fed, in harness.train.compile.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import numpy as np
+
+from harness import metrics
+from harness.data.labels import output_name
+from harness.ledger import Iteration, PassConfig
+from harness.train import feature_cache
+from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot, save_last_good, save_pass_models,
+                                       save_snapshot)
+from harness.train.compile import compile_model, lr_for_epoch, train_stream, val_stream
+
+# An epoch whose training loss is this many times the run's lowest so far has diverged: real
+# training never gets there, while an absurd LR can keep the loss finite (clipped softmax, huge
+# weights) long after the model is ruined.
+EXPLOSION_FACTOR = 1000.0
+
+PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN or infinite, or exploded; the last good checkpoint is kept."""
+
+
+@dataclass
+class PassResult:
+    index: int
+    eval: dict  # the notes' evaluate dict in contract names: loss, {head}_acc, {head}_loss
+    best_checkpoint: Path  # the pass's best model, or where it ended when it never improved
+    best_epoch: Optional[int]  # global step of the best epoch by the pass's monitor
+    stopped_early: bool
+    predictions: dict  # head -> predicted class index per validation example
+    labels: dict  # head -> true class index per validation example
+
+
+class Reporter(Protocol):
+    """What the Runner tells about a run, in order: per pass, pass_started, then epoch_finished
+    per epoch (step = epoch counted across passes), then pass_finished."""
+
+    def pass_started(self, index: int, iteration: Iteration, freeze) -> None:
+        """`freeze`: the harness.models.FreezeSummary of the pass's freeze policy."""
+
+    def epoch_finished(self, pass_index: int, step: int, values: dict) -> None:
+        """`values`: the epoch's metrics in contract names (harness.metrics)."""
+
+    def pass_finished(self, index: int, result: PassResult) -> None: ...
+
+
+def set_seeds(seed: int) -> None:
+    """Python, NumPy and TensorFlow seeds plus op determinism: same seed, same CPU run."""
+    import keras
+    import tensorflow as tf
+
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    # Keras retraces predict for each new dataset shape (features, then images); the warning
+    # that follows is about speed, not correctness, and would bury the epoch lines.
+    tf.get_logger().setLevel("ERROR")
+
+
+def divergence(values: dict, history: list, index: int, epoch: int) -> Optional[str]:
+    """Why an epoch's metrics count as diverged (None: they do not)."""
+    loss = values.get(metrics.LOSS, 0)
+    lowest = min((h["metrics"][metrics.LOSS] for h in history), default=math.inf)
+    if loss > EXPLOSION_FACTOR * lowest:
+        return (f"loss exploded to {loss:.3g} ({EXPLOSION_FACTOR:g}x the lowest so far, {lowest:.3g}) "
+                f"in pass {index + 1}, epoch {epoch + 1}")
+    if not all(math.isfinite(v) for v in values.values()):
+        return f"non-finite metrics in pass {index + 1}, epoch {epoch + 1}"
+    return None
+
+
+def new_model(iteration: Iteration, index: int):
+    """(model, FreezeSummary): pass `index`'s model, built with the pass's freeze policy
+    applied, before any weights are restored (Runner.restore does that, and compiles)."""
+    from harness.models import apply_freeze, build_model, policy_for
+
+    model = build_model(iteration, freeze=False)
+    return model, apply_freeze(model, policy_for(iteration, index))
+
+
+def evaluate(model, data, dataset: str) -> tuple[dict, dict]:
+    """(the evaluate dict in contract names, sorted; head -> predicted class per validation
+    example) of `model` on `data`'s validation set."""
+    val = val_stream(data)
+    evaluated = metrics.from_keras_logs(model.evaluate(val, return_dict=True, verbose=0), dataset)
+    raw = model.predict(val, verbose=0)
+    if not isinstance(raw, dict):  # a list in output order, or one array for one head
+        raw = dict(zip(model.output_names, raw if isinstance(raw, (list, tuple)) else [raw]))
+    predictions = {head: np.argmax(raw[output_name(head)], axis=-1) for head in data.heads}
+    return dict(sorted(evaluated.items())), predictions
+
+
+def _pass_callback(runner: "Runner", index: int, pass_: PassConfig):
+    import keras  # here, not at module level, so importing this module stays cheap
+
+    class PassCallback(keras.callbacks.Callback):
+        """LR per epoch, checkpoints, early stopping, divergence stop, reporting.
+
+        Epoch hooks only: a batch hook makes Keras turn every batch's logs into Python numbers,
+        a device sync per step that cost ~5% of a CPU epoch. A NaN shows in the epoch's loss."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(lr_for_epoch(pass_, runner.iteration.optimizer.lr, epoch))
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            values = metrics.from_keras_logs(logs or {}, runner.dataset)
+            values[metrics.LR] = float(self.model.optimizer.learning_rate)
+            values[metrics.EPOCH_SECONDS] = time.perf_counter() - self._started
+            runner.diverged = runner.diverged or divergence(values, runner.state.history, index, epoch)
+            if runner.diverged:
+                self.model.stop_training = True
+                return  # keep the last good checkpoint; report nothing from a broken epoch
+            runner.epoch_done(index, pass_, self.model, values)
+            runner.log(metrics.epoch_line(epoch, pass_.epochs, runner.state.step, values, runner.dataset))
+
+    return PassCallback()
+
+
+@dataclass
+class Runner:
+    """Trains `iteration` on `bundle` (harness.data.pipeline.make_datasets) in the work folder
+    `workdir`, resuming from whatever state the folder holds."""
+
+    iteration: Iteration
+    bundle: object
+    workdir: Path
+    reporter: Reporter
+    log: Callable = print
+    feature_inputs: Optional[feature_cache.FeatureInputs] = None
+    state: RunState = field(init=False)
+    diverged: Optional[str] = field(default=None, init=False)
+    stopped_early: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        self.folder = RunFolder(self.workdir)
+        self.workdir = self.folder.root
+        self.state = RunState.load(self.workdir)
+        self.dataset = self.iteration.data.name
+        self.cache = (feature_cache.FeatureCache(self.bundle, self.feature_inputs, self.log)
+                      if self.feature_inputs is not None else None)
+
+    def final_checkpoint(self) -> Path:
+        """The model the run hands on: the last pass's best, else where it ended."""
+        return self.folder.checkpoint(len(self.iteration.passes) - 1)
+
+    def epoch_done(self, index: int, pass_: PassConfig, model, values: dict) -> None:
+        """`model` is the one being fit (it gets stop_training); checkpoints are always of the
+        whole model, even when the fit runs on cached features."""
+        state = self.state
+        step = state.step + 1
+        # A new name per epoch: until the state below names it, a kill leaves the state and
+        # the snapshot it names in step (the previous epoch's), so a resume neither skips nor
+        # repeats an epoch.
+        snapshot = self.folder.epoch_snapshot(index, state.epochs_in_pass + 1)
+        save_snapshot(self.full_model, snapshot)
+        value = values.get(pass_.monitor)
+        improved = value is not None and state.improve(str(index), value, step, pass_.monitor)
+        if improved:
+            link(snapshot, self.folder.best_snapshot(index))
+        if state.should_stop(index, pass_, values, step, improved):
+            model.stop_training = True
+            self.stopped_early = True
+        state.record_epoch(self.folder, index, values, snapshot)
+        self.reporter.epoch_finished(index, step, values)
+
+    def restore(self, index: int, model) -> None:
+        """Put into `model` the weights pass `index` starts from, and compile it: fresh, the
+        previous pass's best or final weights, or (resuming mid-pass) the last checkpoint with
+        its optimizer state."""
+        from harness.models import load_model
+
+        pass_ = self.iteration.passes[index]
+        if self.state.pass_index == index and self.state.epochs_in_pass > 0:
+            last = self.folder.resolve(self.state.snapshot)
+            self.log(f"resuming pass {index + 1} after epoch {self.state.epochs_in_pass} from {last}")
+            compile_model(model, self.iteration, pass_)
+            load_snapshot(model, last)
+            return
+        if index > 0 and pass_.resume_from != "none":
+            source = self.folder.checkpoint(index - 1, "best" if pass_.resume_from == "best" else "final")
+            self.log(f"pass {index + 1} starts from pass {index}'s {pass_.resume_from} checkpoint ({source.name})")
+            model.set_weights(load_model(source, compile=False).get_weights())
+        compile_model(model, self.iteration, pass_)
+
+    def run_pass(self, index: int) -> PassResult:
+        from harness.models import head_model
+
+        it, pass_ = self.iteration, self.iteration.passes[index]
+        model, freeze = new_model(it, index)
+        self.reporter.pass_started(index, it, freeze)
+        self.restore(index, model)
+        self.full_model, fit_model, data = model, model, self.bundle
+        if self.cache is not None and feature_cache.applies(it, index):
+            data = self.cache.datasets_for(model)
+            fit_model = head_model(model)
+            compile_model(fit_model, it, pass_, optimizer=model.optimizer)  # shared: saved with the model
+        self.stopped_early = False
+        self.state.start_pass(index)
+        if self.state.epochs_in_pass < pass_.epochs:
+            fit_model.fit(
+                # the stream is keyed by the global epoch, so every pass sees fresh orders
+                train_stream(it, data, self.state.step),
+                steps_per_epoch=data.steps_per_epoch,
+                validation_data=val_stream(data),
+                epochs=pass_.epochs,
+                initial_epoch=self.state.epochs_in_pass,
+                callbacks=[_pass_callback(self, index, pass_)],
+                shuffle=False,  # the stream is shuffled, per epoch and seeded, by the data layer
+                # Keras's own progress logger syncs every batch (~5% of a CPU epoch); the epoch
+                # line is printed by the pass callback instead.
+                verbose=0,
+            )
+        if self.diverged:
+            save_last_good(self.folder, self.state, index, model)
+            raise TrainingDiverged(self.diverged)
+        save_pass_models(self.folder, index, model, pass_.early_stopping.restore_best if pass_.early_stopping else False)
+        evaluated, predictions = evaluate(fit_model, data, self.dataset)
+        best = self.state.best.get(str(index))
+        result = PassResult(index=index, eval=evaluated, best_checkpoint=self.folder.checkpoint(index),
+                            best_epoch=best["step"] if best else None, stopped_early=self.stopped_early,
+                            predictions=predictions, labels=dict(self.bundle.val_labels))
+        self.state.finish_pass(index)
+        self.state.save(self.workdir)
+        self.reporter.pass_finished(index, result)
+        return result
+
+    def run(self) -> list[PassResult]:
+        """Every pass not yet done, under the iteration's precision policy (restored after)."""
+        import keras
+
+        previous = keras.mixed_precision.global_policy().name
+        keras.mixed_precision.set_global_policy(PRECISION_POLICIES[self.iteration.compute.mixed_precision])
+        try:
+            return [self.run_pass(index) for index in range(len(self.iteration.passes))
+                    if index not in self.state.done_passes]
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
