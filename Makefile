@@ -57,7 +57,7 @@ test: setup ## Run the test suite (real TensorFlow and MLflow on CPU, tiny data)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup ## Run the benchmarks in bench/ and print one markdown table
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 clean-venv: ## Remove .venv (the next target reinstalls)
 	rm -rf $(VENV)

@@ -26,12 +26,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness.data.hvc import load_hvc
+from harness.data.labels import HVC_CSV_COLUMNS
+from harness.ledger import Iteration, validate_dict
 
-from harness.data.labels import HVC_CSV_COLUMNS  # noqa: E402
-from harness.data.hvc import load_hvc  # noqa: E402
-from harness.ledger import Iteration  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class PersonDataGenerator:
@@ -96,10 +95,10 @@ def measure(folder: Path, n: int, size: int, batch: int, repeats: int = 3) -> li
     indices = np.arange(len(table))
 
     def iteration(cache: str) -> Iteration:
-        return Iteration.model_validate_json(json.dumps({
+        return validate_dict({
             "name": "bench", "passes": [{"epochs": 1}], "seed": 1,
             "data": {"image_size": size, "cache": cache}, "batch_size": {"train": batch, "eval": batch},
-        }))
+        })
 
     def datasets(cache: str):
         return make_datasets(iteration(cache), table, indices, indices[:batch])

@@ -39,40 +39,29 @@ def epoch_values(step: int, run: int) -> dict:
 
 
 def populate(uri: str, n_runs: int) -> None:
-    from mlflow.entities import Metric, Param
-
-    from harness import ledger
-    from harness.ledger import flatten
-    from harness.tracking import Store
+    """Finished (and some failed) parent runs laid out as `harness run` logs them, each written
+    in one go by harness.tracking.record_finished_run."""
+    from harness import ledger, records
+    from harness.tracking import Store, record_finished_run
 
     book = ledger.load(REPO / "runs.yaml")
     store = Store(uri)
-    client = store.client
-    experiment_id = store.experiment_id(book.experiment)
     profiles = ("smoke", "cpu", "full")
     resolved = {}
     now = int(time.time() * 1000)
     for i in range(n_runs):
         name = book.names[i % len(book.names)]
         profile = profiles[(i // len(book.names)) % len(profiles)]
-        key = (name, profile)
-        if key not in resolved:
-            resolved[key] = book.resolve(name, profile)
-        it = resolved[key]
-        sha = it.config_sha() if i % 17 else "0ld5ha0ld5ha"  # every 17th run: an older config
-        run = client.create_run(experiment_id, run_name=name, start_time=now + i, tags={
-            "harness.kind": "iteration", "harness.iteration": name, "harness.extends": it.extends or "",
-            "harness.config_sha": sha, "harness.profile": profile, "harness.ledger": "runs.yaml",
-            "harness.data": "bench", "mlflow.source.name": "harness run", "mlflow.source.type": "LOCAL",
-        })
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(it.training_dict()).items()][:100]
+        if (name, profile) not in resolved:
+            resolved[(name, profile)] = book.resolve(name, profile)
+        tags = {records.TAG_PROFILE: profile, records.TAG_LEDGER: "runs.yaml", records.TAG_DATA: "bench"}
+        if i % 17 == 0:
+            tags[records.TAG_CONFIG_SHA] = "0ld5ha0ld5ha"  # every 17th run: an older config
         history = [{"step": step, "pass": 0, "metrics": epoch_values(step, i)} for step in range(1, EPOCHS + 1)]
-        points = [Metric(k, v, now + h["step"], h["step"]) for h in history for k, v in h["metrics"].items()]
         summary = metrics.summarize(history, "hvc")
         summary |= {metrics.TOTAL_PARAMS: 28221147, metrics.TRAINABLE_PARAMS: 13506459}
-        points += [Metric(k, float(v), now, 0) for k, v in summary.items()]
-        client.log_batch(run.info.run_id, metrics=points, params=params)
-        client.set_terminated(run.info.run_id, "FAILED" if i % 23 == 0 else "FINISHED")
+        record_finished_run(store, book.experiment, resolved[(name, profile)], tags, history, summary,
+                            status=records.FAILED if i % 23 == 0 else records.FINISHED, start_time=now + i)
 
 
 def time_command(argv: list[str], repeat: int, cwd: Path) -> list[float]:

@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from harness import ledger, metrics  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-from harness import ledger  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("HARNESS_HVC_REAL", str(ROOT / ".." / "shared" / "data" / "hvc"))
 
@@ -134,10 +133,10 @@ def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8) -> dict:
             }))
             uri = f"sqlite:///{tmp}/mlflow.db"
             run_iteration(ledger.load(ledger_path), "overhead", profile="full", data_dir=str(folder),
-                          tracking_uri=uri, log=lambda *_: None)
+                          tracking_uri=uri, work_dir=str(Path(tmp) / "work"), log=lambda *_: None)
             store = Store(uri)
-            run = store.parent_runs("bench", "overhead")[0]
-            history = sorted(store.client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+            run = store.runs("bench", "overhead")[0]
+            history = store.metric_history(run.run_id, metrics.LOSS)
             return statistics.median(_periods([m.timestamp / 1000 for m in history]))
 
     # bare and harness alternate (B H B H B): drift on a shared machine (other processes,

@@ -8,6 +8,7 @@ in its own process so its peak memory (max RSS, from wait4) is its own:
   (d) `harness list`, and `harness table` over a 500-run store      (timed here, fresh processes)
 Targets: (a) >= 3x, (b) >= 20x, (c) <= 1.05, (d) < 1.5 s and < 3 s. A missed target is shown as
 missed, never hidden. The real hvc subset comes from HARNESS_HVC_REAL (default ../shared/data/hvc).
+Run from the repository root as `python -m bench.run_all` (what `make bench` does).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 BENCH = ROOT / "bench"
 
 

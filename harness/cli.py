@@ -11,9 +11,9 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from harness.settings import DEFAULT_LEDGER, DEFAULT_TRACKING_URI, DEFAULT_WORK_DIR, TRACKING_URI_ENV, WORK_DIR_ENV
 
-DEFAULT_LEDGER = "runs.yaml"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _ledger(args):
@@ -74,8 +74,8 @@ def cmd_run(args) -> int:
     code = 0
     for name in names:
         code = run_iteration(
-            book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh,
-            tracking_uri=args.tracking_uri, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all,
+            book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
+            work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all,
         ) or code
     return code
 
@@ -87,7 +87,7 @@ def cmd_eval(args) -> int:
 
     book = _ledger(args)
     result = evaluate_iteration(book, args.iteration, data_dir=args.data, tracking_uri=args.tracking_uri,
-                                log_to_run=args.log)
+                                work_dir=args.work_dir, log_to_run=args.log)
     if args.json:
         print(json.dumps(result["eval"], indent=1))
     else:
@@ -141,8 +141,8 @@ def cmd_lr_find(args) -> int:
     from harness.launch import lr_find_iteration
 
     lr_find_iteration(_ledger(args), args.iteration, profile=args.profile, data_dir=args.data,
-                      tracking_uri=args.tracking_uri, min_lr=args.min, max_lr=args.max, steps=args.steps,
-                      out=args.out)
+                      tracking_uri=args.tracking_uri, work_dir=args.work_dir, min_lr=args.min, max_lr=args.max,
+                      steps=args.steps, out=args.out)
     return 0
 
 
@@ -162,7 +162,12 @@ def _add_ledger(parser):
 
 def _add_tracking(parser):
     parser.add_argument("--tracking-uri", default=None, metavar="URI",
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+                        help=f"MLflow store (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})")
+
+
+def _add_work_dir(parser):
+    parser.add_argument("--work-dir", default=None, metavar="DIR",
+                        help=f"checkpoints, run state and image caches (default: ${WORK_DIR_ENV}, else ./{DEFAULT_WORK_DIR})")
 
 
 def _add_training_inputs(parser):
@@ -202,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="start a new run instead of resuming an unfinished one")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop bad CSV rows (and say which) instead of stopping")
     _add_tracking(p)
+    _add_work_dir(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate the latest finished run's best checkpoint on a data folder")
@@ -211,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the eval dict as JSON")
     p.add_argument("--log", action="store_true", help="also attach the result to the run in MLflow")
     _add_tracking(p)
+    _add_work_dir(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("lr-find", help="LR range test: loss against an exponentially rising LR, a suggested LR")
@@ -221,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_inputs(p)
     p.add_argument("--out", default=None, metavar="FILE.png", help="also write the plot here")
     _add_tracking(p)
+    _add_work_dir(p)
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("params", help="build the iteration's model (no training) and count its parameters")

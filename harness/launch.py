@@ -1,8 +1,11 @@
-"""`harness run` and `harness eval` end to end: ledger -> data -> model -> train -> tracking.
+"""`harness run`, `eval` and `lr-find` end to end: ledger -> data -> model -> train -> tracking.
 
 The order is chosen so that bad input costs nothing: the ledger is resolved and the data
 validated (every CSV row, every image) before a run is opened in MLflow or a file is written.
-A killed run is resumed when the same command is given again, unless its config changed.
+Then tracking is asked once whether the run is new, resumed or skipped (a killed run is resumed
+when the same command is given again, unless its config changed), and from there on it is only
+told what happens. Checkpoints and run state go to the work dir (harness.settings), never
+derived from the tracking URI.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Optional
 
 from harness import metrics
 from harness.errors import InputError
+from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, Decision,
+                             RunRecord)
 
 
 def gpu_visible() -> bool:
@@ -67,25 +72,46 @@ def _model_summary(model) -> str:
     return buffer.getvalue()
 
 
+def model_facts(iteration) -> tuple[int, int, str]:
+    """(total, trainable parameters, the model summary) of the model an iteration builds."""
+    from harness.models import build_model, count_params
+
+    model = build_model(iteration)
+    total, trainable, _ = count_params(model)
+    return total, trainable, _model_summary(model)
+
+
 class Prepared:
     """An iteration resolved under its profile, its data validated and split, seeds set."""
 
     def __init__(self, book, iteration, profile, table, parts, data_dir):
         self.iteration, self.profile, self.table, self.parts = iteration, profile, table, parts
+        self.data_dir = data_dir
         self.tags = {
-            "harness.ledger": str(book.path),
-            "harness.profile": profile,
-            "harness.data": str(getattr(table, "fingerprint", "")),
-            "harness.data_dir": str(getattr(table, "folder", data_dir or "")),
+            TAG_LEDGER: str(book.path),
+            TAG_PROFILE: profile,
+            TAG_DATA: str(getattr(table, "fingerprint", "")),
+            TAG_DATA_DIR: str(getattr(table, "folder", data_dir or "")),
         }
 
-    def datasets(self, cache_dir: Optional[str] = None):
+    def datasets(self, cache_dir: Optional[Path] = None):
         from harness.data.pipeline import make_datasets
 
         return make_datasets(self.iteration, self.table, self.parts.train, self.parts.val, cache_dir=cache_dir)
 
+    def features(self):
+        """What the feature cache needs (harness.train.FeatureInputs)."""
+        from harness.train import FeatureInputs
 
-def _prepare(book, name, profile, data_dir, skip_bad_rows, log) -> Prepared:
+        return FeatureInputs.of(self.iteration, self.table, self.parts.train, self.parts.val)
+
+    def data_label(self, bundle) -> str:
+        """The data as a pass header names it: folder, split sizes, image size."""
+        folder = Path(str(getattr(self.table, "folder", self.data_dir or self.iteration.data.name))).name
+        return f"{folder} ({bundle.n_train} train / {bundle.n_val} val, {self.iteration.data.image_size} px)"
+
+
+def prepare(book, name, profile, data_dir, skip_bad_rows, log) -> Prepared:
     """Everything before tracking: bad input fails here, before MLflow or a file is touched."""
     from harness.data.source import open_dataset
     from harness.data.split import split
@@ -107,51 +133,38 @@ def _prepare(book, name, profile, data_dir, skip_bad_rows, log) -> Prepared:
 
 
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
-                  fresh: bool = False, tracking_uri: Optional[str] = None, skip_bad_rows: bool = False,
-                  skip_finished: bool = False, log=print) -> int:
+                  fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
+                  skip_bad_rows: bool = False, skip_finished: bool = False, log=print) -> int:
     """Train one iteration; returns an exit code (0 done or skipped, 1 diverged)."""
-    prepared = _prepare(book, name, profile, data_dir, skip_bad_rows, log)
-    iteration, table, parts = prepared.iteration, prepared.table, prepared.parts
+    prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log)
 
+    from harness.settings import work_dir as resolve_work_dir
     from harness.tracking import Store
+    from harness.train import RunState
 
+    work = resolve_work_dir(work_dir)
     store = Store(tracking_uri)
-    sha = iteration.config_sha()
-    if skip_finished:
-        done = store.latest_finished(book.experiment, name, sha)
-        if done is not None:
-            log(f"{name}: already finished with this config (run {done.info.run_id[:8]}), skipping")
-            return 0
-    resume_run = None
-    if not fresh:
-        previous = store.resumable(book.experiment, name)
-        if previous is not None:
-            old_sha = previous.data.tags.get("harness.config_sha")
-            if old_sha == sha:
-                resume_run = previous
-                log(f"{name}: resuming unfinished run {previous.info.run_id[:8]} (use --fresh to start over)")
-            else:
-                log(f"{name}: not resuming run {previous.info.run_id[:8]}: its config sha {old_sha} differs from "
-                    f"the ledger's {sha}; starting fresh")
+    decision = store.begin(book.experiment, prepared.iteration, fresh=fresh, skip_finished=skip_finished,
+                           resumable=lambda run_id: RunState.exists(work.run(run_id)))
+    if decision.message:
+        log(decision.message)
+    if decision.kind == SKIP:
+        return 0
+    bundle = prepared.datasets(work.cache)
+    tracker = store.start(decision, book.experiment, prepared.iteration, prepared.tags)
+    if decision.kind == NEW:
+        tracker.model_built(*model_facts(prepared.iteration))
+    return _train(prepared, bundle, decision, tracker, work.run(tracker.run_id), book.experiment, log)
 
-    from harness.train import FeatureInputs, Runner, TrainingDiverged
 
-    bundle = prepared.datasets(str(store.root / "cache"))
-    data_label = f"{Path(str(getattr(table, 'folder', data_dir or iteration.data.name))).name} " \
-                 f"({bundle.n_train} train / {bundle.n_val} val, {iteration.data.image_size} px)"
-    tags = prepared.tags
-    tracker = store.open_tracker(book.experiment, iteration, tags, resume_run=resume_run, log=log)
-    if resume_run is None:
-        from harness.models import build_model, count_params
+def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path, experiment: str, log) -> int:
+    """The passes of a started run, every event handed to `tracker`; its end told to it too."""
+    from harness.train import Runner, TrainingDiverged
 
-        model = build_model(iteration)
-        total, trainable, _ = count_params(model)
-        tracker.log_model_facts(total, trainable, _model_summary(model))
-        del model
-    features = FeatureInputs.of(iteration, table, parts.train, parts.val)
-    runner = Runner(iteration, bundle, tracker.workdir, ConsoleReporter(tracker, iteration, data_label, prepared.profile, log),
-                    log, feature_inputs=features)
-    if resume_run is not None:
+    name = prepared.iteration.name
+    reporter = ConsoleReporter(tracker, prepared.iteration, prepared.data_label(bundle), prepared.profile, log)
+    runner = Runner(prepared.iteration, bundle, folder, reporter, log, feature_inputs=prepared.features())
+    if decision.kind == RESUME:
         replayed = tracker.replay(runner.state.history)
         if replayed:
             log(f"{name}: logged {replayed} epoch(s) the killed process had finished but not reported")
@@ -159,7 +172,7 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
         results = runner.run()
     except TrainingDiverged as exc:
         tracker.fail(f"diverged: {exc}")
-        log(f"{name}: FAILED, training diverged: {exc}. The last good checkpoint is in {tracker.workdir}")
+        log(f"{name}: FAILED, training diverged: {exc}. The last good checkpoint is in {folder}")
         return 1
     except KeyboardInterrupt:
         tracker.fail("interrupted", status="KILLED")
@@ -169,16 +182,16 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
     summary = tracker.finish(runner.state.history, results, runner.final_checkpoint())
-    best = metrics.best_phrase(summary, iteration.data.name)
-    log(f"{name}: FINISHED, {best}; run {tracker.run_id}; open the UI with `make ui` "
-        f"(experiment {book.experiment})")
+    best = metrics.best_phrase(summary, prepared.iteration.data.name)
+    log(f"{name}: FINISHED, {best}; run {tracker.run_id}; open the UI with `make ui` (experiment {experiment})")
     return 0
 
 
 def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri: Optional[str] = None,
-                       log_to_run: bool = False) -> dict:
+                       work_dir: Optional[str] = None, log_to_run: bool = False) -> dict:
     """The notes' evaluate dict for the latest finished run's best checkpoint on any folder in
-    the hvc format (a held-out set, say)."""
+    the hvc format (a held-out set, say). The checkpoint is downloaded into the work dir."""
+    from harness.settings import work_dir as resolve_work_dir
     from harness.tracking import Store
 
     book.resolve(name)
@@ -187,46 +200,50 @@ def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri
     if run is None:
         raise InputError(f"{name}: no finished run in experiment '{book.experiment}' of {store.uri}; "
                          f"train it first with `make run ITER={name}`")
-    profile = run.data.tags.get("harness.profile", "full")
-    iteration = book.resolve(name, profile)
+    iteration = book.resolve(name, run.profile)
+    work = resolve_work_dir(work_dir)
+    work.root.mkdir(parents=True, exist_ok=True)
+    result = _evaluate_checkpoint(store, run, iteration, data_dir, work.root)
+    if log_to_run:
+        store.attach(run.run_id, result, f"eval/{Path(str(data_dir)).name or 'data'}.json")
+    return {"run_id": run.run_id, "profile": run.profile, "eval": result}
 
+
+def _evaluate_checkpoint(store, run: RunRecord, iteration, data_dir, scratch: Path) -> dict:
     import tempfile
 
     from harness.data.labels import heads_for
-    from harness.models import load_model
     from harness.data.pipeline import eval_dataset
+    from harness.models import load_model
     from harness.train import labels_for_model
 
-    heads = heads_for(iteration.data.name)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = store.download(run.info.run_id, "checkpoint", Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="eval-", dir=scratch) as tmp:
+        checkpoint = store.download(run.run_id, "checkpoint", Path(tmp))
         files = sorted(Path(checkpoint).glob("*.keras"))
         if not files:
-            raise InputError(f"{name}: run {run.info.run_id} has no checkpoint artifact")
+            raise InputError(f"{iteration.name}: run {run.run_id} has no checkpoint artifact")
         model = load_model(files[0])
         dataset, _labels = eval_dataset(data_dir, iteration)
-        logs = model.evaluate(labels_for_model(dataset, heads), return_dict=True, verbose=0)
-    result = dict(sorted(metrics.from_keras_logs(logs, iteration.data.name).items()))
-    if log_to_run:
-        store.client.log_dict(run.info.run_id, result, f"eval/{Path(str(data_dir)).name or 'data'}.json")
-    return {"run_id": run.info.run_id, "profile": profile, "eval": result}
+        logs = model.evaluate(labels_for_model(dataset, heads_for(iteration.data.name)), return_dict=True, verbose=0)
+    return dict(sorted(metrics.from_keras_logs(logs, iteration.data.name).items()))
 
 
 def lr_find_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
-                      tracking_uri: Optional[str] = None, min_lr: float = 1e-7, max_lr: float = 10.0,
-                      steps: int = 100, out: Optional[str] = None, log=print) -> dict:
+                      tracking_uri: Optional[str] = None, work_dir: Optional[str] = None, min_lr: float = 1e-7,
+                      max_lr: float = 10.0, steps: int = 100, out: Optional[str] = None, log=print) -> dict:
     """The LR range test for an iteration's first pass, logged as an `ITER/lr-find` run."""
     from harness import lrfind
     from harness.plots import close
+    from harness.settings import work_dir as resolve_work_dir
     from harness.tracking import Store, log_lr_find
 
     if steps < 5:
         raise InputError(f"lr-find: --steps must be at least 5 (got {steps})")
     if not 0 < min_lr < max_lr:
         raise InputError(f"lr-find: need 0 < --min < --max (got {min_lr:g}, {max_lr:g})")
-    prepared = _prepare(book, name, profile, data_dir, False, log)
+    prepared = prepare(book, name, profile, data_dir, False, log)
     store = Store(tracking_uri)
-    curve = lrfind.range_test(prepared.iteration, prepared.datasets(str(store.root / "cache")),
+    curve = lrfind.range_test(prepared.iteration, prepared.datasets(resolve_work_dir(work_dir).cache),
                               min_lr, max_lr, steps, log)
     figure = lrfind.plot(curve, f"{name}: LR range test ({prepared.profile} profile)")
     if out:
@@ -236,5 +253,5 @@ def lr_find_iteration(book, name: str, *, profile: Optional[str] = None, data_di
     stop = f"diverged at {curve.diverged_at:.3g}" if curve.diverged_at else f"no divergence up to {curve.max_lr:.3g}"
     log(f"{name}: suggested LR {curve.suggestion():.3g} (steepest loss descent); {stop}; "
         f"{len(curve.lrs)} batches; run {run_id} ({name}/lr-find, open with `make ui`)")
-    return {"suggested_lr": curve.suggestion(), "max_lr": curve.max_lr, "diverged": curve.diverged_at is not None,
-            "batches": len(curve.lrs), "run_id": run_id}
+    return {metrics.SUGGESTED_LR: curve.suggestion(), metrics.MAX_LR: curve.max_lr,
+            "diverged": curve.diverged_at is not None, "batches": len(curve.lrs), "run_id": run_id}

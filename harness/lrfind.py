@@ -107,7 +107,7 @@ def plot(curve: LRCurve, title: str):
                label=f"{'divergence' if curve.diverged_at else 'last LR tried'} {curve.max_lr:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(metrics.LOSS)
     top = np.percentile(curve.smoothed, 95) if len(curve.smoothed) > 4 else max(curve.smoothed)
     ax.set_ylim(min(min(curve.raw), min(curve.smoothed)) * 0.95, max(top, min(curve.smoothed)) * 1.3)
     ax.grid(alpha=0.3, which="both")

@@ -24,10 +24,11 @@ from harness import ledger as ledger_mod
 from harness import metrics as contract
 from harness.data.labels import majority_rates
 from harness.errors import InputError
+from harness.records import RunRecord
+from harness.settings import DEFAULT_LEDGER
 
 RESULTS_START = "<!-- results:start -->"
 RESULTS_END = "<!-- results:end -->"
-DEFAULT_LEDGER = "runs.yaml"
 
 CURRENT, STALE, NOT_RUN = "current", "stale", "not run"
 
@@ -40,17 +41,17 @@ class Row:
     shown: ledger_mod.Iteration  # resolved with the run's profile: what the run trained
     parent: Optional[ledger_mod.Iteration]
     state: str  # CURRENT, STALE or NOT_RUN
-    run: Optional[dict] = None  # a record of harness.tracking.RunReader.latest_finished
+    run: Optional[RunRecord] = None  # from harness.tracking.RunReader.latest_finished
 
     @property
     def profile(self) -> str:
-        return _profile(self.run) if self.run else "full"
+        return self.run.profile if self.run else "full"
 
 
 # --------------------------------------------------------------------------- rows
 
 
-def collect(book: ledger_mod.Ledger, find: Callable[..., Optional[dict]]) -> list[Row]:
+def collect(book: ledger_mod.Ledger, find: Callable[..., Optional[RunRecord]]) -> list[Row]:
     """One row per ledger iteration, in ledger order.
 
     `find(iteration, config_sha=None)` returns the newest FINISHED parent run record (of that
@@ -68,9 +69,9 @@ def collect(book: ledger_mod.Ledger, find: Callable[..., Optional[dict]]) -> lis
                 cache[(name, profile)] = None
         return cache[(name, profile)]
 
-    def current(name: str, record: dict) -> Optional[ledger_mod.Iteration]:
-        resolved = resolve(name, _profile(record))
-        if resolved is not None and resolved.config_sha() == record["tags"].get("harness.config_sha"):
+    def current(name: str, record: RunRecord) -> Optional[ledger_mod.Iteration]:
+        resolved = resolve(name, record.profile)
+        if resolved is not None and resolved.config_sha() == record.config_sha:
             return resolved
         return None
 
@@ -87,7 +88,7 @@ def collect(book: ledger_mod.Ledger, find: Callable[..., Optional[dict]]) -> lis
             rows.append(Row(number, name, written, shown, parent, CURRENT, latest))
             continue
         matches = []
-        shas = {latest["tags"].get("harness.config_sha")}
+        shas = {latest.config_sha}
         for profile in ("full", *book.profiles):
             resolved = resolve(name, profile)
             if resolved is None or resolved.config_sha() in shas:
@@ -97,16 +98,12 @@ def collect(book: ledger_mod.Ledger, find: Callable[..., Optional[dict]]) -> lis
             if record is not None and current(name, record) is not None:
                 matches.append(record)
         if matches:
-            record = max(matches, key=lambda r: r.get("start_time") or 0)
+            record = max(matches, key=lambda r: r.start_time or 0)
             rows.append(Row(number, name, written, current(name, record), parent, CURRENT, record))
         else:
-            shown = resolve(name, _profile(latest)) or written
+            shown = resolve(name, latest.profile) or written
             rows.append(Row(number, name, written, shown, parent, STALE, latest))
     return rows
-
-
-def _profile(record: dict) -> str:
-    return record["tags"].get("harness.profile") or "full"
 
 
 # --------------------------------------------------------------------------- cells
@@ -195,7 +192,7 @@ def table_frame(book: ledger_mod.Ledger, rows: list[Row]):
 
     records = []
     for row in rows:
-        it, metrics = row.shown, (row.run or {}).get("metrics", {})
+        it, metrics = row.shown, row.run.metrics if row.run else {}
         best = metrics.get(main_metric)
         epoch = metrics.get(contract.BEST_EPOCH)
         cells = {
@@ -225,7 +222,7 @@ def table_frame(book: ledger_mod.Ledger, rows: list[Row]):
         cells[f"Reported {reported_key}"] = reported_text
         cells["vs reported"] = _signed(best - reported) if best is not None and reported is not None else ""
         cells["Remark"] = _own(book, row, "remark", "")
-        run_id = (row.run or {}).get("run_id", "")
+        run_id = row.run.run_id if row.run else ""
         cells["Run"] = run_id[:8] + (" stale" if row.state == STALE else "")
         cells["Profile"] = row.profile if row.run else ""
         cells["Data"] = _data_label(row.run) if row.run else ""
@@ -236,11 +233,10 @@ def table_frame(book: ledger_mod.Ledger, rows: list[Row]):
 _RIGHT = ("#", "Total params", "Trainable params", "s/epoch")
 
 
-def _data_label(record: dict) -> str:
+def _data_label(record: RunRecord) -> str:
     """The data folder's name (`hvc-synth` is the generated synthetic set), else the fingerprint:
     a number from the synthetic set must never pass for one from the real data."""
-    folder = record["tags"].get("harness.data_dir", "")
-    return Path(folder).name if folder else record["tags"].get("harness.data", "")
+    return Path(record.data_dir).name if record.data_dir else record.data_fingerprint
 
 
 def _cell(text: str) -> str:
@@ -263,7 +259,7 @@ def notes(book: ledger_mod.Ledger, rows: list[Row]) -> list[str]:
         f"{len(rows)} iterations: {counts[CURRENT]} with a current run, {counts[STALE]} stale, "
         f"{counts[NOT_RUN]} not run.",
         "",
-        f"- Best val {'acc' if single else contract.primary_head(dataset) + ' acc'} (epoch): MLflow's `{key}` "
+        f"- Best val {contract.ACC.short if single else contract.primary_head(dataset) + ' acc'} (epoch): MLflow's `{key}` "
         f"of the run and its `{contract.BEST_EPOCH}` (epochs counted across passes)"
         + ("." if single else "; each other head's column is its best over all epochs."),
         "- Lift vs majority: the best accuracy minus the share of the most frequent class; a head at "
@@ -368,7 +364,7 @@ def plot(book: ledger_mod.Ledger, rows: list[Row], path: Path) -> Path:
     for ax, head in zip(axes.flat, heads):
         key = contract.best_val_acc(dataset, head)
         for i, row in enumerate(rows):
-            value = (row.run or {}).get("metrics", {}).get(key)
+            value = row.run.metrics.get(key) if row.run else None
             if value is None:
                 continue
             stale = row.state == STALE

@@ -60,13 +60,13 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = STARTUP_
 def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           log=print) -> int:
     """Start the server, print its URL, wait until it ends (or this process is told to stop)."""
-    from harness.tracking import absolute_uri, explicit_uri, resolve_uri, server_command
+    from harness.tracking import resolve_uri, server_command
 
     if not 0 < port < 65536:
         raise InputError(f"harness ui: --port {port} is not a TCP port")
     if not port_free(host, port):
         raise InputError(f"harness ui: {host}:{port} is already in use; pick another with --port")
-    uri = absolute_uri(resolve_uri(explicit_uri(tracking_uri)))
+    uri = resolve_uri(tracking_uri, create=True)
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     # Its own process group, so that stopping it reaches uvicorn too, whatever happens to mlflow.
     process = subprocess.Popen(server_command(uri, host, port), env=env, start_new_session=True)

@@ -40,6 +40,8 @@ def test_suggestion_is_the_steepest_descent_before_divergence():
 
 
 def test_lr_find_logs_the_curve_and_plot(tmp_path):
+    from mlflow.tracking import MlflowClient
+
     from harness.data.synth import generate
     from harness.launch import lr_find_iteration
     from harness.tracking import Store
@@ -58,15 +60,16 @@ def test_lr_find_logs_the_curve_and_plot(tmp_path):
     assert result["diverged"]  # LR 1e3 with SGD blows up long before the last batch
     assert lines[-1].startswith("one: suggested LR ")
 
-    store = Store(uri)
-    exp = store.client.get_experiment_by_name("tiny-lr")
-    [run] = store.client.search_runs([exp.experiment_id], "tags.`harness.kind` = 'lr-find'")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny-lr")
+    [run] = client.search_runs([exp.experiment_id], "tags.`harness.kind` = 'lr-find'")
     assert run.info.run_name == "one/lr-find" and run.info.status == "FINISHED"
-    history = sorted(store.client.get_metric_history(run.info.run_id, "lr_find_smoothed_loss"), key=lambda m: m.step)
+    store = Store(uri)
+    history = store.metric_history(run.info.run_id, "lr_find_smoothed_loss")
     assert [m.step for m in history] == list(range(1, result["batches"] + 1))
-    lrs = [m.value for m in sorted(store.client.get_metric_history(run.info.run_id, "lr_find_lr"), key=lambda m: m.step)]
+    lrs = [m.value for m in store.metric_history(run.info.run_id, "lr_find_lr")]
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
     assert run.data.metrics["suggested_lr"] == pytest.approx(result["suggested_lr"])
-    assert [a.path for a in store.client.list_artifacts(run.info.run_id)] == ["lr_find.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["lr_find.png"]
     # lr-find runs are not iteration runs: the table and resume never see them
-    assert store.parent_runs("tiny-lr", "one") == []
+    assert store.runs("tiny-lr", "one") == []

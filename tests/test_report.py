@@ -147,7 +147,7 @@ def split_row(line: str) -> list[str]:
 
 def expected_cells(run, reported: float | None) -> dict:
     """Column -> (the cell the table must show, the token that replaces it in the golden)."""
-    m = run.data.metrics
+    m = run.metrics
     best, epoch = m["best_val_gender_acc"], int(m["best_epoch"])
     cells = {
         "Total params": (f"{int(m['total_params']):,}", "<total_params>"),
@@ -177,11 +177,11 @@ def normalize(text: str, store, expected_runs: dict, stale: set, reported: dict)
             row = dict(zip(header, cells))
             name = row["Iteration"]
             if name in expected_runs:
-                run = store.client.get_run(expected_runs[name])
+                run = store.run(expected_runs[name])
                 for column, (shown, token) in expected_cells(run, reported.get(name)).items():
                     if row[column] == shown:
                         row[column] = token
-                run_cell = run.info.run_id[:8] + (" stale" if name in stale else "")
+                run_cell = run.run_id[:8] + (" stale" if name in stale else "")
                 if row["Run"] == run_cell:
                     row["Run"] = "<run_id>" + (" stale" if name in stale else "")
             cells = [row[column] for column in header]
@@ -246,10 +246,10 @@ def test_gender_numbers_are_mlflows_and_rows_are_current_stale_not_run(smoke_sto
     frame = report.table_frame(book, rows)
     store = Store(smoke_store["uri"])
     for row, (_, cells) in zip(rows[:2], frame.iterrows()):
-        run = store.client.get_run(smoke_store["runs"][row.name])
-        assert row.run["run_id"] == run.info.run_id
+        run = store.run(smoke_store["runs"][row.name])
+        assert row.run == run
         assert cells["Best val gender acc (epoch)"] == (
-            f"{run.data.metrics['best_val_gender_acc']:.4f} @ {int(run.data.metrics['best_epoch'])}")
+            f"{run.metrics['best_val_gender_acc']:.4f} @ {int(run.metrics['best_epoch'])}")
         assert cells["Profile"] == "smoke"
     assert frame.iloc[1]["Run"] == smoke_store["runs"]["first"][:8] + " stale"
     assert list(frame["Best val gender acc (epoch)"])[2:] == ["not run", "not run"]
@@ -270,8 +270,10 @@ def test_runs_yaml_first_lists_the_two_fixes_and_reads_not_run_without_runs():
 
 
 def record(run_id, start, sha, profile="full", status="FINISHED", **metrics):
-    return {"run_id": run_id, "status": status, "start_time": start, "params": {},
-            "tags": {"harness.config_sha": sha, "harness.profile": profile}, "metrics": metrics}
+    from harness.records import RunRecord
+
+    return RunRecord(run_id=run_id, name=run_id, status=status, start_time=start,
+                     tags={"harness.config_sha": sha, "harness.profile": profile}, metrics=metrics)
 
 
 class FakeStore:
@@ -283,9 +285,9 @@ class FakeStore:
 
     def find(self, name, config_sha=None):
         self.calls += 1
-        found = [r for r in self.records.get(name, []) if r["status"] == "FINISHED"
-                 and (config_sha is None or r["tags"]["harness.config_sha"] == config_sha)]
-        return max(found, key=lambda r: r["start_time"]) if found else None
+        found = [r for r in self.records.get(name, []) if r.status == "FINISHED"
+                 and (config_sha is None or r.config_sha == config_sha)]
+        return max(found, key=lambda r: r.start_time) if found else None
 
 
 @pytest.fixture()
@@ -305,7 +307,7 @@ def test_newer_stale_run_does_not_hide_an_older_current_one(v2_book):
     ]})
     rows = report.collect(v2_book, fake.find)
     first = rows[1]
-    assert first.state == "current" and first.run["run_id"] == "mid-current-smoke"
+    assert first.state == "current" and first.run.run_id == "mid-current-smoke"
     assert first.shown.batch_size.train == 8  # described under the run's profile
     assert first.written.batch_size.train == 16
 
@@ -317,7 +319,7 @@ def test_only_runs_of_an_older_config_or_unknown_profile_show_stale(v2_book):
         "first": [record("f1", 1, "0" * 12, status="FAILED")],
     })
     rows = report.collect(v2_book, fake.find)
-    assert (rows[0].state, rows[0].run["run_id"]) == ("stale", "b2")
+    assert (rows[0].state, rows[0].run.run_id) == ("stale", "b2")
     assert rows[1].state == "not run" and rows[1].run is None
     frame = report.table_frame(v2_book, rows)
     assert frame.iloc[0]["Run"] == "b2 stale"
@@ -330,7 +332,7 @@ def test_current_runs_cost_one_lookup_per_iteration(v2_book):
     fake = FakeStore(records)
     rows = report.collect(v2_book, fake.find)
     assert fake.calls == len(v2_book.names)
-    assert [r.run["run_id"] for r in rows] == [f"{name}-39" for name in v2_book.names]
+    assert [r.run.run_id for r in rows] == [f"{name}-39" for name in v2_book.names]
 
 
 def test_cells_escape_pipes_and_describe_freeze_rules_and_reported_passes(v2_book):

@@ -15,6 +15,7 @@ import pytest
 
 from harness import ledger
 from harness.data.labels import HVC_HEADS
+from harness.settings import work_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,11 +119,22 @@ def parents(uri, name):
     from harness.tracking import Store
 
     store = Store(uri)
-    return store, store.parent_runs("tiny", name)
+    return store, store.runs("tiny", name)
 
 
 def steps(store, run_id, key):
-    return [m.step for m in sorted(store.client.get_metric_history(run_id, key), key=lambda m: m.step)]
+    return [point.step for point in store.metric_history(run_id, key)]
+
+
+def values(store, run_id, key):
+    return [point.value for point in store.metric_history(run_id, key)]
+
+
+def artifacts(uri, run_id, path=None):
+    """The run's artifact paths, as MLflow itself lists them."""
+    from mlflow.tracking import MlflowClient
+
+    return {a.path for a in MlflowClient(uri).list_artifacts(run_id, path)}
 
 
 def test_two_passes_log_one_parent_two_children_with_contiguous_steps(book, synth, store_uri):
@@ -137,39 +149,41 @@ def test_two_passes_log_one_parent_two_children_with_contiguous_steps(book, synt
     store, runs = parents(store_uri, "two")
     assert len(runs) == 1
     parent = runs[0]
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "two"
-    tags = parent.data.tags
+    assert parent.status == "FINISHED" and parent.name == "two"
+    tags = parent.tags
     assert tags["harness.iteration"] == "two" and tags["harness.extends"] == "one"
     assert tags["harness.config_sha"] == book.resolve("two").config_sha()
     assert tags["harness.profile"] == "full" and tags["harness.data"]
     assert tags["harness.ledger"].endswith("tiny.yaml")
-    assert parent.data.params["optimizer.lr"] == "0.003"
+    assert tags["harness.kind"] == "iteration" and tags["mlflow.source.name"] == "harness run"
+    assert parent.params["optimizer.lr"] == "0.003"
 
-    children = store.child_runs(parent)
-    assert [c.info.run_name for c in children] == ["two/pass-1", "two/pass-2"]
-    assert all(c.info.status == "FINISHED" for c in children)
+    children = store.children(parent.run_id)
+    assert [c.name for c in children] == ["two/pass-1", "two/pass-2"]
+    assert all(c.status == "FINISHED" for c in children)
+    assert [(c.tags["harness.kind"], c.tags["harness.pass"], c.tags["mlflow.parentRunId"]) for c in children] == [
+        ("pass", "0", parent.run_id), ("pass", "1", parent.run_id)]
+    assert children[1].params["pass.lr"] == "0.0005" and children[1].metrics["best_epoch"] in (3, 4)
 
-    assert METRICS <= set(parent.data.metrics)
+    assert METRICS <= set(parent.metrics)
     for key in METRICS:
-        assert steps(store, parent.info.run_id, key) == [1, 2, 3, 4], key
-    assert steps(store, children[0].info.run_id, "val_gender_acc") == [1, 2]
-    assert steps(store, children[1].info.run_id, "val_gender_acc") == [3, 4]
-    lrs = [m.value for m in sorted(store.client.get_metric_history(parent.info.run_id, "lr"), key=lambda m: m.step)]
-    assert lrs == pytest.approx([0.003, 0.003, 0.0005, 0.0005])
+        assert steps(store, parent.run_id, key) == [1, 2, 3, 4], key
+    assert steps(store, children[0].run_id, "val_gender_acc") == [1, 2]
+    assert steps(store, children[1].run_id, "val_gender_acc") == [3, 4]
+    assert values(store, parent.run_id, "lr") == pytest.approx([0.003, 0.003, 0.0005, 0.0005])
 
-    history = [m.value for m in store.client.get_metric_history(parent.info.run_id, "val_gender_acc")]
-    assert parent.data.metrics["best_val_gender_acc"] == pytest.approx(max(history))
-    assert parent.data.metrics["total_params"] > parent.data.metrics["trainable_params"] > 0 or \
-        parent.data.metrics["total_params"] == parent.data.metrics["trainable_params"]
+    history = values(store, parent.run_id, "val_gender_acc")
+    assert parent.metrics["best_val_gender_acc"] == pytest.approx(max(history))
+    assert parent.metrics["best_epoch"] == steps(store, parent.run_id, "val_gender_acc")[history.index(max(history))]
+    assert parent.metrics["total_params"] > parent.metrics["trainable_params"] > 0 or \
+        parent.metrics["total_params"] == parent.metrics["trainable_params"]
 
-    artifacts = {a.path for a in store.client.list_artifacts(parent.info.run_id)}
-    assert {"config.yaml", "checkpoint", "plots", "model_summary.txt", "eval.json"} <= artifacts
-    assert [a.path for a in store.client.list_artifacts(parent.info.run_id, "plots")] == ["plots/training_curves.png"]
-    child_files = {a.path for a in store.client.list_artifacts(children[1].info.run_id)}
-    assert {"eval.json", "checkpoint", "plots"} <= child_files
-    plots = {a.path for a in store.client.list_artifacts(children[1].info.run_id, "plots")}
+    assert {"config.yaml", "checkpoint", "plots", "model_summary.txt", "eval.json"} <= artifacts(store_uri, parent.run_id)
+    assert artifacts(store_uri, parent.run_id, "plots") == {"plots/training_curves.png"}
+    assert {"eval.json", "checkpoint", "plots"} <= artifacts(store_uri, children[1].run_id)
+    plots = artifacts(store_uri, children[1].run_id, "plots")
     assert plots == {f"plots/confusion_{head}.png" for head in HVC_HEADS}
-    local = Path(store.download(children[1].info.run_id, "eval.json", store.root / "dl"))
+    local = Path(store.download(children[1].run_id, "eval.json", Path(store_uri[len("sqlite:///"):]).parent / "dl"))
     evaluated = json.loads(local.read_text())
     assert set(evaluated) == {"loss"} | {f"{h}_{k}" for h in HVC_HEADS for k in ("acc", "loss")}
 
@@ -213,8 +227,7 @@ def test_same_seed_gives_identical_validation_metrics(book, synth, store_uri):
     store, runs = parents(store_uri, "one")
     assert len(runs) == 2
     for key in ("val_loss", "val_gender_acc", "val_age_loss"):
-        a, b = ([m.value for m in sorted(store.client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)]
-                for r in runs)
+        a, b = (values(store, r.run_id, key) for r in runs)
         assert a == b, key
 
 
@@ -231,7 +244,10 @@ def test_eval_scores_another_folder(book, synth, other_synth, store_uri):
     assert set(result["eval"]) == {"loss"} | {f"{h}_{k}" for h in HVC_HEADS for k in ("acc", "loss")}
     assert all(0 <= result["eval"][f"{h}_acc"] <= 1 for h in HVC_HEADS)
     store, runs = parents(store_uri, "one")
-    assert not any(a.path.startswith("eval/") for a in store.client.list_artifacts(runs[0].info.run_id))
+    assert not any(path.startswith("eval/") for path in artifacts(store_uri, runs[0].run_id))
+    logged = evaluate_iteration(book, "one", data_dir=str(other_synth), tracking_uri=store_uri, log_to_run=True)
+    assert logged["eval"] == result["eval"]
+    assert artifacts(store_uri, runs[0].run_id, "eval") == {f"eval/{other_synth.name}.json"}
 
 
 def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(book, synth, store_uri):
@@ -239,16 +255,16 @@ def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(book
     assert code == 1
     assert "diverged" in lines[-1]
     store, runs = parents(store_uri, "diverge")
-    assert runs[0].info.status == "FAILED"
-    assert "diverged" in runs[0].data.tags["harness.failure_reason"]
-    workdir = store.workdir(runs[0].info.run_id)
+    assert runs[0].status == "FAILED"
+    assert "diverged" in runs[0].tags["harness.failure_reason"]
+    workdir = work_dir().run(runs[0].run_id)
     state = json.loads((workdir / "state.json").read_text())
     assert len(state["history"]) == 1  # epoch 1 at lr 1e-3 was good, epoch 2 blew up
     assert (workdir / "pass-1" / "last.keras").exists() and state["snapshot"] == "pass-1/epoch-1.npz"
     import keras
 
     keras.models.load_model(workdir / "pass-1" / "last.keras")  # loadable, not half-written
-    assert steps(store, runs[0].info.run_id, "loss") == [1]
+    assert steps(store, runs[0].run_id, "loss") == [1]
 
 
 def test_all_skips_iterations_already_finished_with_the_same_config(book, synth, store_uri):
@@ -262,13 +278,13 @@ def test_all_skips_iterations_already_finished_with_the_same_config(book, synth,
 def test_sigkill_then_rerun_resumes_the_same_run(book, synth, tmp_path, store_uri):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "harness.cli", "run", "slow", "--ledger", str(book.path),
-               "--profile", "full", "--data", str(synth), "--tracking-uri", store_uri]
+               "--profile", "full", "--data", str(synth), "--tracking-uri", store_uri,
+               "--work-dir", str(tmp_path / "work")]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    store_root = Path(store_uri[len("sqlite:///"):]).parent
     deadline = time.time() + 240
     killed_after = None
     while time.time() < deadline and process.poll() is None:
-        states = list(store_root.glob("work/*/state.json"))
+        states = list((tmp_path / "work").glob("*/state.json"))
         if states:
             history = json.loads(states[0].read_text())["history"]
             if len(history) >= 1:
@@ -281,37 +297,39 @@ def test_sigkill_then_rerun_resumes_the_same_run(book, synth, tmp_path, store_ur
     assert killed_after < 6
 
     store, runs = parents(store_uri, "slow")
-    assert len(runs) == 1 and runs[0].info.status == "RUNNING"
-    run_id = runs[0].info.run_id
+    assert len(runs) == 1 and runs[0].status == "RUNNING"
+    run_id = runs[0].run_id
 
     rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"resuming unfinished run {run_id[:8]}" in rerun.stdout
 
     store, runs = parents(store_uri, "slow")
-    assert len(runs) == 1 and runs[0].info.run_id == run_id
-    assert runs[0].info.status == "FINISHED"
+    assert len(runs) == 1 and runs[0].run_id == run_id
+    assert runs[0].status == "FINISHED"
     for key in ("loss", "val_gender_acc", "lr"):
         assert steps(store, run_id, key) == [1, 2, 3, 4, 5, 6], key
-    children = store.child_runs(runs[0])
-    assert [c.info.run_name for c in children] == ["slow/pass-1", "slow/pass-2"]
-    assert all(c.info.status == "FINISHED" for c in children)
+    children = store.children(run_id)
+    assert [c.name for c in children] == ["slow/pass-1", "slow/pass-2"]
+    assert all(c.status == "FINISHED" for c in children)
 
 
 def test_changed_config_is_not_resumed(book, synth, tmp_path, store_uri):
+    from harness.records import NEW, Decision
     from harness.tracking import Store
 
     # an unfinished run of `one` from an older config: open it and leave it RUNNING
     store = Store(store_uri)
     old = book.resolve("two")  # a different config under the name `one`
-    tracker = store.open_tracker("tiny", old.model_copy(update={"name": "one"}), {})
-    (tracker.workdir).mkdir(parents=True, exist_ok=True)
-    (tracker.workdir / "state.json").write_text(json.dumps({"history": []}))
+    tracker = store.start(Decision(NEW), "tiny", old.model_copy(update={"name": "one"}), {})
+    folder = work_dir().run(tracker.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "state.json").write_text(json.dumps({"history": []}))
     code, lines = run(book, "one", synth, store_uri)
     assert code == 0
     assert any("not resuming run" in line and "differs" in line for line in lines)
     _, runs = parents(store_uri, "one")
-    assert len(runs) == 2 and runs[0].info.status == "FINISHED" and runs[1].info.status == "RUNNING"
+    assert len(runs) == 2 and runs[0].status == "FINISHED" and runs[1].status == "RUNNING"
 
 
 def test_feature_cache_matches_the_image_path_and_saves_the_whole_model(book, synth, other_synth, store_uri):
@@ -326,10 +344,8 @@ def test_feature_cache_matches_the_image_path_and_saves_the_whole_model(book, sy
     store, _ = parents(store_uri, None)
     histories = {}
     for name in ("frozen", "frozen_uncached"):
-        run_id = store.parent_runs("tiny", name)[0].info.run_id
-        histories[name] = {key: [m.value for m in sorted(store.client.get_metric_history(run_id, key),
-                                                          key=lambda m: m.step)]
-                           for key in ("val_loss", "val_gender_acc", "loss")}
+        run_id = store.runs("tiny", name)[0].run_id
+        histories[name] = {key: values(store, run_id, key) for key in ("val_loss", "val_gender_acc", "loss")}
     for key in ("val_loss", "val_gender_acc", "loss"):
         assert len(histories["frozen"][key]) == 3
         assert histories["frozen"][key] == pytest.approx(histories["frozen_uncached"][key], rel=1e-4, abs=1e-5), key
@@ -384,8 +400,8 @@ def test_mixed_precision_and_jit_switches_do_not_break_a_cpu_run(book, synth, st
     code, lines = run(book, "mixed", synth, store_uri)
     assert code == 0, lines
     store, [parent] = parents(store_uri, "mixed")
-    assert parent.data.params["compute.mixed_precision"] == "bfloat16"
-    assert parent.data.params["compute.jit_compile"] == "True"
+    assert parent.params["compute.mixed_precision"] == "bfloat16"
+    assert parent.params["compute.jit_compile"] == "True"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever runs next
 
 

@@ -138,10 +138,10 @@ def api_responses(driver, fragment: str) -> list[tuple[str, dict]]:
 
 
 def test_compare_view_shows_val_gender_acc_for_both_runs(ui, browser, tmp_path):
-    from harness.tracking import Store
+    from mlflow.tracking import MlflowClient
 
     url, store = ui
-    client = Store(store["uri"]).client
+    client = MlflowClient(store["uri"])
     runs = {name: client.get_run(run_id) for name, run_id in store["runs"].items()}
     ids = [run.info.run_id for run in runs.values()]
     experiment_id = runs["base"].info.experiment_id

@@ -12,9 +12,9 @@ from harness import metrics
 from harness.data.labels import heads_for, output_name
 from harness.ledger import Iteration, PassConfig
 
-# Keras name of a metric kind (harness.metrics.KINDS) -> what model.compile is given for it:
-# a name Keras knows, or a factory of a keras.metrics.Metric whose `name` is that Keras name.
-KERAS_METRICS = {"accuracy": "accuracy"}
+# Keras name of a metric kind (harness.metrics.KINDS) -> a factory of the keras.metrics.Metric
+# that logs under that name, for metrics Keras does not know by name (it knows "accuracy").
+KERAS_METRICS: dict = {}
 
 LOSS = "categorical_crossentropy"
 
@@ -36,11 +36,9 @@ def make_optimizer(iteration: Iteration, pass_: PassConfig):
 
 
 def _keras_metric(kind: metrics.Kind):
-    made = KERAS_METRICS.get(kind.keras)
-    if made is None:
-        raise KeyError(f"metric kind '{kind.short}': no Keras metric named '{kind.keras}' in "
-                       f"harness.train.compile.KERAS_METRICS")
-    return made() if callable(made) else made
+    """What model.compile is given for a kind: its Keras name, or a metric from KERAS_METRICS."""
+    factory = KERAS_METRICS.get(kind.keras)
+    return factory() if factory is not None else kind.keras
 
 
 def compile_model(model, iteration: Iteration, pass_: PassConfig, optimizer=None) -> None:
