@@ -19,7 +19,8 @@ from PIL import Image
 from harness.data import synth
 from harness.data.cifar10 import load_cifar10, synthetic_cifar10
 from harness.data.labels import CIFAR10_CLASSES, HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS, HVC_MAJORITY_RATES
-from harness.data.hvc import class_weights, fingerprint, load_hvc, split
+from harness.data.hvc import fingerprint, load_hvc
+from harness.data.split import class_weights, split
 from harness.data.source import open_dataset
 from harness.data.split import VALIDATE_ON_TRAIN_WARNING, check_disjoint
 from harness.errors import InputError
@@ -443,7 +444,7 @@ def test_pipeline_shapes_dtypes_and_labels(synth_dir):
     table = load_hvc(synth_dir)
     train, val = split(table, 0.25, seed=1)
     data = make_datasets(make_iteration(), table, train, val)
-    assert (data.n_train, data.n_val, data.steps_per_epoch, data.val_steps) == (30, 10, 3, 1)
+    assert (data.n_train, data.n_val, data.steps_per_epoch) == (30, 10, 3)
     assert data.heads == HVC_HEADS
     epoch = _batches(data.train_epoch(0))
     assert len(epoch) == 3

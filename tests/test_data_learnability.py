@@ -13,7 +13,8 @@ import pytest
 
 from harness.data import synth
 from harness.data.labels import HVC_HEADS, HVC_MAJORITY_RATES
-from harness.data.hvc import load_hvc, split
+from harness.data.hvc import load_hvc
+from harness.data.split import split
 from harness.ledger import Iteration
 
 N, SIZE, EPOCHS = 1500, 48, 10

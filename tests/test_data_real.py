@@ -14,7 +14,8 @@ import pytest
 
 from harness.data import synth
 from harness.data.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS, HVC_MAJORITY_RATES
-from harness.data.hvc import fingerprint, load_hvc, split
+from harness.data.hvc import fingerprint, load_hvc
+from harness.data.split import split
 from harness.ledger import Iteration
 
 REAL = os.environ.get("HARNESS_HVC_REAL", "")

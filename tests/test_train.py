@@ -191,7 +191,7 @@ def test_two_passes_log_one_parent_two_children_with_contiguous_steps(book, synt
 def test_resume_from_best_starts_from_the_best_weights(book, synth, store_uri):
     import keras
 
-    from harness.data.hvc import split
+    from harness.data.split import split
     from harness.data.pipeline import make_datasets
     from harness.data.source import open_dataset
     from harness.train import Runner

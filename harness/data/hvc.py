@@ -31,7 +31,6 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from harness.data.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS
-from harness.data.split import Split, class_weights, split  # noqa: F401  (the hvc API in one place)
 from harness.data.table import HvcTable, SkippedRow
 from harness.errors import InputError
 

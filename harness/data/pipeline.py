@@ -54,9 +54,7 @@ class Datasets:
     train_labels: dict[str, np.ndarray]  # table order (not shuffled): class weights
     val_labels: dict[str, np.ndarray]  # the order `val` yields: confusion matrices
     steps_per_epoch: int
-    val_steps: int
     batch_size: int  # training batch size actually used (smaller only if n_train is)
-    image_size: int
     cache_path: Optional[Path]
     _stream: Callable[[int], tf.data.Dataset]
     _rows: Callable[[np.ndarray], tf.data.Dataset]
@@ -125,9 +123,7 @@ def make_datasets(iteration, table, train_idx, val_idx, cache_dir=None, features
         train_labels={h: v[train_idx] for h, v in table.labels.items()},
         val_labels={h: v[val_idx] for h, v in table.labels.items()},
         steps_per_epoch=steps,
-        val_steps=-(-len(val_idx) // iteration.batch_size.eval),
         batch_size=batch,
-        image_size=size,
         cache_path=source.cache_path,
         _stream=stream,
         _rows=lambda rows: _eval_batches(source, finish, rows, iteration.batch_size.eval),

@@ -5,7 +5,7 @@
 `heads`, `labels`, `fingerprint`, `skipped`, `len()`), so `split`, `class_weights` and
 `pipeline.make_datasets` take either without asking which one it is; only the pipeline looks at
 `paths` vs `images`. Labels are always int class indices per head in the fixed class order of
-`heads.py`, never re-derived from the data, so a subset that lacks a class keeps its one-hot width.
+`labels.py`, never re-derived from the data, so a subset that lacks a class keeps its one-hot width.
 No TensorFlow here: loading and validating data must not pay for importing it.
 """
 
