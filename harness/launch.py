@@ -52,7 +52,7 @@ class ConsoleReporter:
         start = "" if index == 0 else f", from pass {index}'s {pass_.resume_from}"
         stopping = f", early stopping patience {pass_.early_stopping.patience}" if pass_.early_stopping else ""
         # Rules that decide no layer are usually typos, or patterns meant for another backbone.
-        unmatched = f" | freeze rules that match no layer: {', '.join(freeze.unmatched)}" if freeze.unmatched else ""
+        unmatched = f" | freeze rules that decide no layer: {', '.join(freeze.unmatched)}" if freeze.unmatched else ""
         self.log(f"== {iteration.name} pass {index + 1}/{len(iteration.passes)}: {pass_.epochs} epochs, "
                  f"{pass_.describe_lr(iteration.optimizer.lr)}{start}{stopping} | data {self.data_label} | "
                  f"profile {self.profile}{unmatched}")

@@ -451,6 +451,6 @@ def test_pass_header_names_freeze_rules_that_match_no_layer(book):
     reporter = ConsoleReporter(tracker, iteration, "synth", "full", log=lines.append)
     reporter.pass_started(0, iteration, FreezeSummary("rules [...]", ("a",), (), ("^stage9_",)))
     reporter.pass_started(0, iteration, FreezeSummary("none", ("a",), ()))
-    assert lines[0].endswith("| profile full | freeze rules that match no layer: ^stage9_")
+    assert lines[0].endswith("| profile full | freeze rules that decide no layer: ^stage9_")
     assert lines[1].endswith("| profile full")
     assert tracker.started[0] == 0
