@@ -24,10 +24,18 @@ TAG_DATA_DIR = "harness.data_dir"  # the data folder (or source)
 TAG_PASS = "harness.pass"  # a child run's 0-based pass index
 TAG_FAILURE_REASON = "harness.failure_reason"
 TAG_GIT_DIRTY = "harness.git_dirty"
+# Reference runs (`harness reference`): which reference, and the split every run that can be
+# compared with it shares (iteration runs carry TAG_SPLIT too).
+TAG_REFERENCE = "harness.reference"  # REFERENCE_MAJORITY or REFERENCE_LINEAR_PROBE
+TAG_SPLIT = "harness.split"  # data fingerprint + split settings; equal value = same validation images
 
 KIND_ITERATION = "iteration"
 KIND_PASS = "pass"
 KIND_LR_FIND = "lr-find"
+KIND_REFERENCE = "reference"
+
+REFERENCE_MAJORITY = "majority"
+REFERENCE_LINEAR_PROBE = "linear-probe"
 
 FINISHED = "FINISHED"
 FAILED = "FAILED"
