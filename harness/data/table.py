@@ -75,7 +75,7 @@ class ArrayTable:
 
     CIFAR-10 comes with its own train/test split; `predefined_split` carries it as
     (train indices, validation indices) and `split()` uses it instead of a random split, so
-    "val_acc" means the standard 10,000-image test batch the notes' numbers were measured on.
+    the accuracy on validation means the standard 10,000-image test batch the notes' numbers were measured on.
     """
 
     images: np.ndarray

@@ -155,6 +155,38 @@ def _pass_callback(runner: "Runner", index: int, pass_: PassConfig):
     return PassCallback()
 
 
+def selected_scores(iteration: Iteration, folder: RunFolder, state: RunState, bundle, results: list) -> dict:
+    """The selected checkpoint's per-head scores on the validation set (harness.metrics
+    selected_summary), from the last pass's own evaluation when this process ran it, else
+    (the pass finished before a kill) by predicting with the checkpoint file."""
+    from harness.models import load_model
+
+    last = len(iteration.passes) - 1
+    result = next((r for r in results if r.index == last), None)
+    predictions = result.predictions if result is not None else predict_classes(
+        load_model(folder.checkpoint(last), compile=False), bundle)
+    best = state.best.get(str(last))
+    epoch = best["step"] if best else state.step
+    return metrics.selected_summary(bundle.val_labels, predictions, iteration.data.name, epoch)
+
+
+def fit_epochs(fit_model, iteration: Iteration, data, state: RunState, pass_: PassConfig, callback) -> None:
+    """The rest of a pass's epochs, from where the run state says the pass is."""
+    fit_model.fit(
+        # the stream is keyed by the global epoch, so every pass sees fresh orders
+        train_stream(iteration, data, state.step),
+        steps_per_epoch=data.steps_per_epoch,
+        validation_data=val_stream(data),
+        epochs=pass_.epochs,
+        initial_epoch=state.epochs_in_pass,
+        callbacks=[callback],
+        shuffle=False,  # the stream is shuffled, per epoch and seeded, by the data layer
+        # Keras's own progress logger syncs every batch (~5% of a CPU epoch); the epoch
+        # line is printed by the pass callback instead.
+        verbose=0,
+    )
+
+
 @dataclass
 class Runner:
     """Trains `iteration` on `bundle` (harness.data.pipeline.make_datasets) in the work folder
@@ -184,18 +216,8 @@ class Runner:
         return self.folder.checkpoint(len(self.iteration.passes) - 1)
 
     def selected_summary(self, results: list[PassResult]) -> dict:
-        """The selected checkpoint's per-head scores on the validation set (harness.metrics
-        selected_summary), from the last pass's own evaluation when this process ran it, else
-        (the pass finished before a kill) by predicting with the checkpoint file."""
-        from harness.models import load_model
-
-        last = len(self.iteration.passes) - 1
-        result = next((r for r in results if r.index == last), None)
-        predictions = result.predictions if result is not None else predict_classes(
-            load_model(self.final_checkpoint(), compile=False), self.bundle)
-        best = self.state.best.get(str(last))
-        epoch = best["step"] if best else self.state.step
-        return metrics.selected_summary(self.bundle.val_labels, predictions, self.dataset, epoch)
+        """The selected checkpoint's per-head scores on the validation set (see selected_scores)."""
+        return selected_scores(self.iteration, self.folder, self.state, self.bundle, results)
 
     def epoch_done(self, index: int, pass_: PassConfig, model, values: dict) -> None:
         """`model` is the one being fit (it gets stop_training); checkpoints are always of the
@@ -251,19 +273,7 @@ class Runner:
         self.state.start_pass(index)
         self.stopped_early = self.state.stopped(pass_)
         if self.state.epochs_in_pass < pass_.epochs and not self.stopped_early:
-            fit_model.fit(
-                # the stream is keyed by the global epoch, so every pass sees fresh orders
-                train_stream(it, data, self.state.step),
-                steps_per_epoch=data.steps_per_epoch,
-                validation_data=val_stream(data),
-                epochs=pass_.epochs,
-                initial_epoch=self.state.epochs_in_pass,
-                callbacks=[_pass_callback(self, index, pass_)],
-                shuffle=False,  # the stream is shuffled, per epoch and seeded, by the data layer
-                # Keras's own progress logger syncs every batch (~5% of a CPU epoch); the epoch
-                # line is printed by the pass callback instead.
-                verbose=0,
-            )
+            fit_epochs(fit_model, it, data, self.state, pass_, _pass_callback(self, index, pass_))
         if self.diverged:
             save_last_good(self.folder, self.state, index, model)
             raise TrainingDiverged(self.diverged)
