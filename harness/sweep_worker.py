@@ -37,8 +37,9 @@ class Worker:
         from harness.tracking import Store
 
         self.plan, self.log, self.optuna = plan, log, optuna
-        self.store = Store(plan.tracking_uri)
-        self.storage = open_storage(plan.storage_url, on_stale=self._gone)
+        with _setup_lock(plan):
+            self.store = Store(plan.tracking_uri)
+            self.storage = open_storage(plan.storage_url, on_stale=self._gone)
         key = hashlib.sha256(f"{plan.storage_url} {plan.study_name}".encode()).hexdigest()[:12]
         self.lease = TrialLease(work_dir(plan.work_dir).root / "sweeps" / key)
         self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
@@ -251,6 +252,26 @@ class Worker:
         self.log(f"  promote it: harness sweep {self.plan.name} --study {self.plan.sweep} --promote "
                  f"{self.plan.name}_tuned")
         return 0
+
+
+def _setup_lock(plan: Plan):
+    """Workers started together on fresh SQLite files would both create the MLflow and Optuna
+    tables ("table ... already exists"): one at a time, by a file lock beside the files."""
+    from contextlib import nullcontext
+
+    from filelock import FileLock
+
+    from harness.sweep_storage import sqlite_file
+    from harness.tracking import artifact_root, resolve_uri
+
+    mlflow_root = artifact_root(resolve_uri(plan.tracking_uri))
+    folder = mlflow_root.parent if mlflow_root is not None else None
+    if folder is None and sqlite_file(plan.storage_url) is not None:
+        folder = sqlite_file(plan.storage_url).parent
+    if folder is None:
+        return nullcontext()
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / ".harness-setup.lock"))
 
 
 def _counts(trials, state) -> dict:
