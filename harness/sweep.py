@@ -79,10 +79,13 @@ def plan_sweep(book: Ledger, name: str, *, trials: Optional[int], space_file=Non
         raise InputError(f"--study: '{study}' must be letters, digits, '-' or '_'")
     prepared = prepare(book, name, profile, data_dir, False, log)
     chosen, direction = objective_metric(prepared.iteration, metric)
-    profile_set = book.profiles[prepared.profile].set if prepared.profile in book.profiles else {}
-    overridden = [r.path for r in space.ranges if r.path in flatten(profile_set)]
+    overlay = book.profiles.get(prepared.profile)
+    overridden = [r.path for r in space.ranges if overlay is not None and r.path in flatten(overlay.set)]
     if overridden:
         log(f"note: profile {prepared.profile} sets {', '.join(overridden)}: every trial trains the profile's value")
+    scale = getattr(overlay, "batch_scale", 1) or 1
+    if scale != 1 and any(r.path == "batch_size.train" for r in space.ranges):
+        log(f"note: profile {prepared.profile} scales batch_size.train by {scale:g}: a trial's value is scaled too")
     url = storage or default_storage(artifact_root(resolve_uri(tracking_uri)))
     check_url(url)
     data = prepared.tags.get("harness.data", "")
