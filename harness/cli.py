@@ -285,19 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="Optuna search over the iteration's `sweep:` ranges; --promote writes the best back")
     p.add_argument("iteration")
-    p.add_argument("--trials", type=int, default=None, metavar="N", help="trials in the study, all its workers together")
+    p.add_argument("--trials", type=int, default=None, metavar="N", help="trials in the study, all workers together")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="start no new trial after S seconds")
     p.add_argument("--study", default=None, metavar="NAME",
                    help="sweep name, run ITER/sweep-NAME (default: a hash of space, config, metric and data)")
     p.add_argument("--storage", default=None, metavar="URI",
-                   help="Optuna storage, sqlite:///FILE or postgresql://... (default: optuna.db beside the MLflow store)")
-    p.add_argument("--space", default=None, metavar="FILE", help="a YAML file with a `sweep:` block (default: the iteration's)")
+                   help="Optuna storage, sqlite:///FILE or postgresql://... (default: optuna.db beside the MLflow db)")
+    p.add_argument("--space", default=None, metavar="FILE", help="YAML file with a `sweep:` block (default: the ITER's)")
     p.add_argument("--metric", default=None, help="objective (default: the last pass's monitor)")
     p.add_argument("--seed", type=int, default=None, help="TPE seed (default: the iteration's seed)")
     p.add_argument("--startup-trials", type=int, default=None, metavar="K",
                    help="random trials before TPE, and trials before pruning (default: N/3, 2..10)")
-    p.add_argument("--warmup-epochs", type=int, default=2, metavar="E", help="no pruning in a trial's first E epochs (default 2)")
-    p.add_argument("--promote", default=None, metavar="NAME", help="append the best trial to the ledger as iteration NAME")
+    p.add_argument("--warmup-epochs", type=int, default=2, metavar="E",
+                   help="no pruning in a trial's first E epochs (default 2)")
+    p.add_argument("--promote", default=None, metavar="NAME", help="append the best trial to the ledger as NAME")
     _add_training_inputs(p)
     _add_tracking(p)
     _add_work_dir(p)

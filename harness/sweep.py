@@ -120,10 +120,11 @@ def find_study(storage, experiment: str, name: str, study: Optional[str]) -> str
             raise InputError(f"--study: no sweep '{study}' of {name} in the storage; it has: "
                              f"{', '.join(s[len(prefix):] for s in found) or 'none'}")
         return prefix + study
-    if len(found) != 1:
+    if not found:
+        raise InputError(f"{name}: no sweep in the storage; run one first: harness sweep {name} --trials N")
+    if len(found) > 1:
         which = ", ".join(s[len(prefix):] for s in found)
-        raise InputError(f"{name}: {'no sweep in the storage' if not found else f'{len(found)} sweeps ({which})'}; "
-                         f"{'run one first: harness sweep ' + name + ' --trials N' if not found else 'name one with --study'}")
+        raise InputError(f"{name}: {len(found)} sweeps in the storage ({which}); name one with --study")
     return found[0]
 
 

@@ -194,7 +194,8 @@ def field_problem(iteration: Iteration, path: str) -> Optional[str]:
         if indexed:
             count = len(iteration.passes) if done == ["passes"] else 0
             if not isinstance(part, int) or part >= count:
-                return f"{where} has {count} {'entry' if count == 1 else 'entries'}: '{part}' is not one of 0..{count - 1}"
+                entries = "entry" if count == 1 else "entries"
+                return f"{where} has {count} {entries}: '{part}' is not one of 0..{count - 1}"
             indexed = False
         elif model is None:
             return f"{where} is a value swept whole (a choice of lists or maps); it has no field '{part}'"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from harness.ledger import Iteration, Ledger
-from harness.records import (FAILED, KIND_TRIAL, NEW, RESUME, TAG_KIND, TAG_RETRY_OF, TAG_STUDY, TAG_SWEEP,
-                             TAG_TRIAL, Decision)
+from harness.records import (FAILED, KILLED, KIND_TRIAL, NEW, RESUME, TAG_KIND, TAG_RETRY_OF, TAG_STUDY,
+                             TAG_SWEEP, TAG_TRIAL, Decision)
 from harness.sweep_space import Space, changes_for
 
 # Study and trial attributes the harness keeps in Optuna's storage.
@@ -82,6 +82,11 @@ class Trial:
         if previous and resumable(previous):
             return Decision(RESUME, store.run(previous), f"trial {self.trial.number}: resuming run {previous[:8]} "
                                                          f"of trial {self.retry_of} from its last finished epoch")
+        if previous:  # its checkpoints are on another machine: a new run, and the old one closed
+            store.end_run(previous, KILLED, f"worker gone; trial {self.retry_of} retried as trial "
+                                            f"{self.trial.number} without its checkpoints")
+            return Decision(NEW, None, f"trial {self.trial.number}: run {previous[:8]} of trial {self.retry_of} "
+                                       f"left no checkpoints here; training from the start")
         return Decision(NEW)
 
     def watch(self, tracker):

@@ -29,6 +29,8 @@ def _canonical(value) -> str:
 
 
 class Worker:
+    """Takes the study's trials one at a time until it has `plan.trials` (see the module doc)."""
+
     def __init__(self, plan: Plan, log=print):
         import optuna
 

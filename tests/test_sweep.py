@@ -175,7 +175,8 @@ def test_promote_appends_a_valid_iteration_and_keeps_every_other_byte(folder, sw
     shown = capsys.readouterr().out
     assert "changes vs base:" in shown and "optimizer.lr: 0.003 -> " in shown
     book = ledger.load(path)
-    trained = book.resolve("base", changes=changes_for(book.resolve("base"), {"optimizer.lr": best.params["optimizer.lr"]}))
+    values = {"optimizer.lr": best.params["optimizer.lr"]}
+    trained = book.resolve("base", changes=changes_for(book.resolve("base"), values))
     assert book.resolve("base_tuned").config_sha() == trained.config_sha()
     assert "base_tuned" not in book.sweeps
 
