@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     p.set_defaults(func=cmd_reference)
 
-    p = sub.add_parser("sweep", help="Optuna search over the iteration's `sweep:` ranges; --promote writes the best back")
+    p = sub.add_parser("sweep", help="Optuna search over the iteration's `sweep:` ranges; --promote writes it back")
     p.add_argument("iteration")
     p.add_argument("--trials", type=int, default=None, metavar="N", help="trials in the study, all workers together")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="start no new trial after S seconds")
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sweep name, run ITER/sweep-NAME (default: a hash of space, config, metric and data)")
     p.add_argument("--storage", default=None, metavar="URI",
                    help="Optuna storage, sqlite:///FILE or postgresql://... (default: optuna.db beside the MLflow db)")
-    p.add_argument("--space", default=None, metavar="FILE", help="YAML file with a `sweep:` block (default: the ITER's)")
+    p.add_argument("--space", default=None, metavar="FILE", help="a file with a `sweep:` block (default: ITER's)")
     p.add_argument("--metric", default=None, help="objective (default: the last pass's monitor)")
     p.add_argument("--seed", type=int, default=None, help="TPE seed (default: the iteration's seed)")
     p.add_argument("--startup-trials", type=int, default=None, metavar="K",
