@@ -72,6 +72,8 @@ def open_storage(url: str, on_stale: Callable):
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if db is not None else {"pool_pre_ping": True}
+    if url.startswith("postgresql://"):  # SQLAlchemy 2.1 would pick psycopg 3; the harness ships psycopg2
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
