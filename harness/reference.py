@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from harness import metrics
 from harness.records import (REFERENCE_LINEAR_PROBE, REFERENCE_MAJORITY, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER,
@@ -92,8 +93,11 @@ def fit(reference: str, table, parts, dataset: str, features: Optional[tuple] = 
     heads = metrics.heads_of(dataset)
     train_x, val_x = features if features is not None else (pixels(table, parts.train), pixels(table, parts.val))
     train_y = np.stack([table.labels[head][parts.train] for head in heads], axis=1)
-    model = estimator(reference, len(parts.train)).fit(train_x, train_y)
-    predicted = model.predict(val_x)
+    # One BLAS thread: these are small matrices, and OpenBLAS's spinning threads slowed the probe
+    # from ~10 s to ~10 min on a busy 2-core machine.
+    with threadpool_limits(limits=1):
+        model = estimator(reference, len(parts.train)).fit(train_x, train_y)
+        predicted = model.predict(val_x)
     predictions = {head: predicted[:, i] for i, head in enumerate(heads)}
     labels = {head: table.labels[head][parts.val] for head in heads}
     summary = metrics.selected_summary(labels, predictions, dataset, None)
