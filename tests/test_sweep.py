@@ -281,3 +281,27 @@ def test_space_values_apply_to_passes_whole_and_to_unset_fields(tmp_path):
     assert varied.optimizer.lr == 0.1 and varied.optimizer.momentum == 0.9
     assert [r.describe() for r in load_space(book, "duo").ranges] == ["optimizer.lr log_uniform [0.0001, 0.01]",
                                                                       "head.tower_units choice [[8], [4]]"]
+
+
+def test_a_space_file_is_read_and_checked_with_its_own_file_and_line(tmp_path, capsys):
+    """`--space FILE`: the ranges come from the file, its errors name the file's lines, nothing is written."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(LEDGER)
+    book = ledger.load(path)
+    good = tmp_path / "space.yaml"
+    good.write_text("# searched apart from the ledger\nsweep:\n  optimizer.momentum: {uniform: [0.5, 0.99]}\n"
+                    "  batch_size.train: {choice: [6, 12]}\n")
+    assert [r.describe() for r in load_space(book, "base", good).ranges] == [
+        "optimizer.momentum uniform [0.5, 0.99]", "batch_size.train choice [6, 12]"]
+    bad = tmp_path / "bad_space.yaml"
+    bad.write_text("sweep:\n  optimizer.lr: {log_uniform: [1.0e-4, 1.0e-2]}\n  optimizer.lrr: {uniform: [0.1, 0.2]}\n")
+    store = tmp_path / "store"
+    code = cli.main(["sweep", "base", "--trials", "2", "--space", str(bad), "--ledger", str(path), "--profile", "smoke",
+                     "--tracking-uri", f"sqlite:///{store}/mlflow.db"])
+    err = capsys.readouterr().err
+    assert code == 2 and not store.exists()
+    assert err.startswith(f"error: {bad}:3: ") and "lrr" in err and "'lr'" in err, err
+    missing = tmp_path / "none.yaml"
+    assert cli.main(["sweep", "base", "--trials", "2", "--space", str(missing), "--ledger", str(path),
+                     "--tracking-uri", f"sqlite:///{store}/mlflow.db"]) == 2
+    assert f"{missing}: file not found" in capsys.readouterr().err and not store.exists()
