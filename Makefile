@@ -25,7 +25,7 @@ setup: $(STAMP) ## Create .venv and install the harness with its pinned dependen
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev$(if $(GPU),$(comma)gpu)]'
+	$(BIN)/pip install --quiet -e '.[dev,sweep$(if $(GPU),$(comma)gpu)]'
 	@touch $(STAMP)
 
 comma := ,

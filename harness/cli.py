@@ -159,6 +159,32 @@ def cmd_reference(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from harness.sweep import plan_sweep, promote_best, run_sweep
+
+    book = _ledger(args)
+    if args.trials is None and args.promote is None:
+        from harness.errors import InputError
+
+        raise InputError("harness sweep: give --trials N (run trials), --promote NAME (write the best back), or both")
+    code = 0
+    if args.trials is not None:
+        if args.promote:
+            from harness.promote import check_name
+
+            check_name(book, args.promote)  # before hours of training, not after
+        plan = plan_sweep(book, args.iteration, trials=args.trials, space_file=args.space, study=args.study,
+                          storage=args.storage, metric=args.metric, seed=args.seed, startup_trials=args.startup_trials,
+                          warmup_epochs=args.warmup_epochs, timeout=args.timeout, profile=args.profile,
+                          data_dir=args.data, tracking_uri=args.tracking_uri, work_dir=args.work_dir)
+        code = run_sweep(plan)
+        args.study = plan.sweep
+    if args.promote and code == 0:
+        promote_best(_ledger(args), args.iteration, args.promote, study=args.study, storage=args.storage,
+                     tracking_uri=args.tracking_uri)
+    return code
+
+
 def _usage(message: str):
     from harness.errors import InputError
 
@@ -256,6 +282,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action="store_true", help="drop bad CSV rows (and say which) instead of stopping")
     _add_tracking(p)
     p.set_defaults(func=cmd_reference)
+
+    p = sub.add_parser("sweep", help="Optuna search over the iteration's `sweep:` ranges; --promote writes it back")
+    p.add_argument("iteration")
+    p.add_argument("--trials", type=int, default=None, metavar="N", help="trials in the study, all workers together")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="start no new trial after S seconds")
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help="sweep name, run ITER/sweep-NAME (default: a hash of space, config, metric and data)")
+    p.add_argument("--storage", default=None, metavar="URI",
+                   help="Optuna storage, sqlite:///FILE or postgresql://... (default: optuna.db beside the MLflow db)")
+    p.add_argument("--space", default=None, metavar="FILE", help="a file with a `sweep:` block (default: ITER's)")
+    p.add_argument("--metric", default=None, help="objective (default: the last pass's monitor)")
+    p.add_argument("--seed", type=int, default=None, help="TPE seed (default: the iteration's seed)")
+    p.add_argument("--startup-trials", type=int, default=None, metavar="K",
+                   help="random trials before TPE, and trials before pruning (default: N/3, 2..10)")
+    p.add_argument("--warmup-epochs", type=int, default=2, metavar="E",
+                   help="no pruning in a trial's first E epochs (default 2)")
+    p.add_argument("--promote", default=None, metavar="NAME", help="append the best trial to the ledger as NAME")
+    _add_training_inputs(p)
+    _add_tracking(p)
+    _add_work_dir(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("params", help="build the iteration's model (no training) and count its parameters")
     p.add_argument("iteration")

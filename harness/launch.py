@@ -14,7 +14,7 @@ import io
 
 import numpy as np
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 from harness import ledger, metrics
 from harness.errors import InputError
@@ -113,16 +113,18 @@ class Prepared:
         return f"{folder} ({bundle.n_train} train / {bundle.n_val} val, {self.iteration.data.image_size} px)"
 
 
-def prepare(book, name, profile, data_dir, skip_bad_rows, log, limit: Optional[int] = None) -> Prepared:
-    """Everything before tracking: bad input fails here, before MLflow or a file is touched."""
+def prepare(book, name, profile, data_dir, skip_bad_rows, log, limit: Optional[int] = None,
+            changes: Optional[dict] = None) -> Prepared:
+    """Everything before tracking: bad input fails here, before MLflow or a file is touched.
+    `changes` (a sweep trial's values) apply to the iteration before the profile."""
     from harness.data.source import open_dataset
     from harness.data.split import split
 
-    written = book.resolve(name)  # a bad name or field fails before TensorFlow is even imported
+    written = book.resolve(name, changes=changes)  # a bad name or field fails before TensorFlow is even imported
     if limit is not None and limit <= 0:
         raise InputError(f"--limit: a number of images must be positive (got {limit})")
     profile, reason = choose_profile(profile)
-    iteration = book.resolve(name, profile)
+    iteration = book.resolve(name, profile, changes)
     if limit is not None:
         iteration = ledger.with_changes(iteration, {"data": {"limit": limit}})
     log(announcement(name, profile, reason, written, iteration, book.path))
@@ -139,12 +141,27 @@ def prepare(book, name, profile, data_dir, skip_bad_rows, log, limit: Optional[i
     return Prepared(book, iteration, profile, table, parts, data_dir)
 
 
+class Variant(Protocol):
+    """How a caller trains an iteration differently through `run_iteration` (a sweep trial,
+    harness.sweep.Trial): the values it changes, how its run is found or opened and named, and
+    a wrapper around the tracker that sees every event (to report epochs, to prune)."""
+
+    changes: dict  # nested changes, applied before the profile (harness.sweep_space.changes_for)
+    run_name: str
+    tags: dict
+
+    def decide(self, store, iteration, resumable) -> Decision: ...
+
+    def watch(self, tracker): ...
+
+
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
                   skip_bad_rows: bool = False, skip_finished: bool = False, limit: Optional[int] = None,
-                  log=print) -> int:
-    """Train one iteration; returns an exit code (0 done or skipped, 1 diverged)."""
-    prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log, limit=limit)
+                  variant: Optional[Variant] = None, log=print) -> int:
+    """Train one iteration (or a `variant` of it); returns an exit code (0 done or skipped, 1 diverged)."""
+    prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log, limit=limit,
+                       changes=variant.changes if variant else None)
 
     from harness.settings import work_dir as resolve_work_dir
     from harness.tracking import Store
@@ -152,14 +169,18 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
 
     work = resolve_work_dir(work_dir)
     store = Store(tracking_uri)
-    decision = store.begin(book.experiment, prepared.iteration, fresh=fresh, skip_finished=skip_finished,
-                           resumable=lambda run_id: RunState.exists(work.run(run_id)))
+    resumable = lambda run_id: RunState.exists(work.run(run_id))  # noqa: E731
+    decision = (variant.decide(store, prepared.iteration, resumable) if variant else
+                store.begin(book.experiment, prepared.iteration, fresh=fresh, skip_finished=skip_finished,
+                            resumable=resumable))
     if decision.message:
         log(decision.message)
     if decision.kind == SKIP:
         return 0
     bundle = prepared.datasets(work.cache)
-    tracker = store.start(decision, book.experiment, prepared.iteration, prepared.tags)
+    tracker = store.start(decision, book.experiment, prepared.iteration,
+                          {**prepared.tags, **(variant.tags if variant else {})}, variant.run_name if variant else None)
+    tracker = variant.watch(tracker) if variant else tracker
     if decision.kind == NEW:
         from harness.data.overlap import training_record
 

@@ -466,6 +466,11 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def suggest_name(word: str, choices) -> str:
+    """" (did you mean 'x'?)" for a near miss among `choices`, else "" (for messages elsewhere)."""
+    return _suggest(word, choices)
+
+
 def _model_at(model: type, loc: tuple) -> Optional[type]:
     """The pydantic model class found by following `loc` (field names and list indices)."""
     current: Any = model
@@ -502,6 +507,9 @@ class Ledger:
     profiles: dict[str, Profile]
     raw_iterations: dict[str, dict]
     lines: dict[Path_, int] = field(repr=False, default_factory=dict)
+    # Iteration -> its `sweep:` block as written (dotted field -> range; harness.sweep_space
+    # reads it). Kept out of raw_iterations: a search space is not trained, nor inherited.
+    sweeps: dict[str, dict] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -555,9 +563,13 @@ class Ledger:
         merged["name"] = name
         return merged
 
-    def resolve(self, name: str, profile: Optional[str] = None) -> Iteration:
+    def resolve(self, name: str, profile: Optional[str] = None, changes: Optional[dict] = None) -> Iteration:
+        """The validated iteration; `changes` (a sweep trial's values, see with_changes) apply
+        before the profile, so a profile's caps hold for every trial too."""
         merged = self.merged_dict(name)
         iteration = self._validate(name, merged)
+        if changes:
+            iteration = with_changes(iteration, changes)
         if profile and profile != "full":
             iteration = self.apply_profile(iteration, profile)
         return iteration
@@ -607,6 +619,11 @@ class Ledger:
                     self.apply_profile(iteration, profile)
             except LedgerError as exc:
                 errors.extend(line for line in exc.lines if line not in errors)
+        if self.sweeps:
+            from harness.sweep_space import space_errors  # here: sweep_space imports this module
+
+            for name in self.sweeps:
+                errors.extend(line for line in space_errors(self, name) if line not in errors)
         if errors:
             raise LedgerError(errors)
         return resolved
@@ -701,6 +718,7 @@ def _scale_schedule(schedule: dict, scale: float, max_epochs: int) -> dict:
 # --------------------------------------------------------------------------- loading
 
 _TOP_LEVEL = ("experiment", "defaults", "profiles", "iterations")
+SWEEP_KEY = "sweep"  # an iteration's search space (harness.sweep_space)
 
 
 def load(path: Union[str, Path]) -> Ledger:
@@ -727,9 +745,12 @@ def load(path: Union[str, Path]) -> Ledger:
     if not isinstance(iterations, dict) or not iterations:
         errors.append(f"{path}:{lines.get(('iterations',), 1)}: iterations: required, a mapping of name -> iteration")
         iterations = {}
+    sweeps = {}
     for name, body in iterations.items():
         if not isinstance(body, dict):
             errors.append(f"{path}:{lines[('iterations', name)]}: {name}: an iteration must be a mapping")
+        elif SWEEP_KEY in body:
+            sweeps[name] = body.pop(SWEEP_KEY)
     profiles: dict[str, Profile] = {}
     raw_profiles = data.get("profiles") or {}
     for name, body in raw_profiles.items() if isinstance(raw_profiles, dict) else []:
@@ -756,7 +777,19 @@ def load(path: Union[str, Path]) -> Ledger:
         profiles=profiles,
         raw_iterations=iterations,
         lines=lines,
+        sweeps=sweeps,
     )
+
+
+def load_yaml(path: Union[str, Path]) -> tuple[Any, dict[Path_, int]]:
+    """A YAML file as plain Python plus key path -> line, duplicate keys refused (a sweep space
+    in its own file is read this way)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise LedgerError([f"{path}: file not found"]) from None
+    return _load_with_lines(text, str(path))
 
 
 def _nearest(lines: dict, loc: tuple) -> int:

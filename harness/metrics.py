@@ -15,6 +15,8 @@ Selected checkpoint (names reserved for the selected-checkpoint summary): select
     selected_val_{head}_bacc (balanced accuracy), selected_val_mean_bacc, selected_epoch.
 LR range test (the ITER/lr-find run): lr_find_lr, lr_find_loss, lr_find_smoothed_loss per batch;
     suggested_lr and max_lr.
+Sweep (the ITER/sweep-NAME run): sweep_trial_value, sweep_best_value, sweep_trials_complete,
+    sweep_trials_pruned, sweep_trials_failed; its trial runs log the per-epoch metrics above.
 
 The primary head is the one iterations are compared on: gender for hvc, the only head of a
 single-head dataset.
@@ -53,6 +55,13 @@ LR_FIND_LOSS = "lr_find_loss"
 LR_FIND_SMOOTHED_LOSS = "lr_find_smoothed_loss"
 SUGGESTED_LR = "suggested_lr"
 MAX_LR = "max_lr"
+
+# A sweep's parent run: each trial's objective value (step = trial number), the best value once
+# each trial ends (step = trials ended so far), and how the study's trials ended.
+SWEEP_TRIAL_VALUE = "sweep_trial_value"
+SWEEP_BEST_VALUE = "sweep_best_value"
+SWEEP_TRIALS = {"complete": "sweep_trials_complete", "pruned": "sweep_trials_pruned",
+                "failed": "sweep_trials_failed"}
 
 # The head iterations are compared on, where a dataset has several; otherwise its first head.
 PRIMARY_HEADS = {"hvc": "gender"}

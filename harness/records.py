@@ -28,11 +28,20 @@ TAG_GIT_DIRTY = "harness.git_dirty"
 # compared with it shares (iteration runs carry TAG_SPLIT too).
 TAG_REFERENCE = "harness.reference"  # REFERENCE_MAJORITY or REFERENCE_LINEAR_PROBE
 TAG_SPLIT = "harness.split"  # data fingerprint + split settings; equal value = same validation images
+# Sweeps (`harness sweep`): a KIND_SWEEP parent run per study, a KIND_TRIAL child run per trial.
+TAG_SWEEP = "harness.sweep"  # the sweep's name (the run `ITER/sweep-NAME`)
+TAG_STUDY = "harness.study"  # the Optuna study name in its storage
+TAG_STORAGE = "harness.storage"  # the Optuna storage URL, password removed
+TAG_TRIAL = "harness.trial"  # the Optuna trial number a trial run belongs to
+TAG_RETRY_OF = "harness.retry_of"  # the trial a killed worker left, which this run resumes
+TAG_PRUNED = "harness.pruned"  # "true" on a trial run the pruner stopped (status KILLED)
 
 KIND_ITERATION = "iteration"
 KIND_PASS = "pass"
 KIND_LR_FIND = "lr-find"
 KIND_REFERENCE = "reference"
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
 
 REFERENCE_MAJORITY = "majority"
 REFERENCE_LINEAR_PROBE = "linear-probe"

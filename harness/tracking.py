@@ -30,9 +30,9 @@ from mlflow.tracking import MlflowClient
 from harness import metrics
 from harness.ledger import Iteration, flatten
 from harness.records import (
-    FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP,
-    TAG_CONFIG_SHA, TAG_EXTENDS, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_PASS, TAG_REFERENCE,
-    TAG_SPLIT, UNFINISHED, Decision, MetricPoint, RunRecord,
+    FAILED, FINISHED, KILLED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP,
+    TAG_CONFIG_SHA, TAG_EXTENDS, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_PASS, TAG_PRUNED,
+    TAG_REFERENCE, TAG_SPLIT, UNFINISHED, Decision, MetricPoint, RunRecord,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -238,13 +238,36 @@ class Store:
                 return None
         return None
 
-    def start(self, decision: Decision, experiment: str, iteration: Iteration, tags: dict) -> "RunTracker":
+    def start(self, decision: Decision, experiment: str, iteration: Iteration, tags: dict,
+              run_name: Optional[str] = None) -> "RunTracker":
         """The tracker of the run `decision` names: a new parent run (params, config.yaml) or the
-        resumed one."""
+        resumed one. `run_name` replaces the iteration's name (a sweep trial's run)."""
         if decision.kind == SKIP:
             raise ValueError(f"{iteration.name}: a skipped iteration has no run to start")
         resumed = decision.run if decision.kind == RESUME else None
-        return RunTracker(self._client, self.experiment_id(experiment), iteration, tags, resumed)
+        return RunTracker(self._client, self.experiment_id(experiment), iteration, tags, resumed, run_name)
+
+    def end_run(self, run_id: str, status: str, reason: str) -> None:
+        """Close a run some other process left open (a killed sweep worker's trial), with the
+        reason; its pass runs still open end the same way."""
+        self._client.set_tag(run_id, TAG_FAILURE_REASON, reason[:5000])
+        for child in self.children(run_id):
+            if child.status == RUNNING:
+                self._client.set_terminated(child.run_id, status)
+        self._client.set_terminated(run_id, status)
+
+    def open_sweep(self, experiment: str, run_name: str, tags: dict, params: dict, space_yaml: str) -> "SweepRun":
+        """A new sweep parent run: its tags, the space and settings as params, `space.yaml`."""
+        run_id = self._client.create_run(self.experiment_id(experiment), run_name=run_name,
+                                         tags={**git_tags(), **tags}).info.run_id
+        self._client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+        self._client.log_text(run_id, space_yaml, "space.yaml")
+        return SweepRun(self._client, run_id)
+
+    def sweep_run(self, run_id: str) -> "SweepRun":
+        """An existing sweep parent run, RUNNING again (another worker, or a rerun)."""
+        self._client.update_run(run_id, status=RUNNING)
+        return SweepRun(self._client, run_id)
 
 
 def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict, curve, figure) -> str:
@@ -312,9 +335,10 @@ class RunTracker:
     epoch_finished, pass_finished), plus model_built, replay, finish and fail."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, iteration: Iteration, tags: dict,
-                 resumed: Optional[RunRecord] = None):
+                 resumed: Optional[RunRecord] = None, run_name: Optional[str] = None):
         self._client, self._experiment_id, self.iteration = client, experiment_id, iteration
         self._children: dict[int, str] = {}
+        self.name = resumed.name if resumed is not None else run_name or iteration.name
         if resumed is not None:
             self.run_id = resumed.run_id
             self._client.update_run(self.run_id, status=RUNNING)
@@ -322,7 +346,7 @@ class RunTracker:
                 self._children[int(child.data.tags[TAG_PASS])] = child.info.run_id
             self._logged_steps = {m.step for m in self._client.get_metric_history(self.run_id, metrics.LOSS)}
             return
-        self.run_id = self._client.create_run(experiment_id, run_name=iteration.name,
+        self.run_id = self._client.create_run(experiment_id, run_name=self.name,
                                               tags={**_run_tags(iteration), **git_tags(), **tags}).info.run_id
         self._logged_steps: set = set()
         params = _params(iteration.training_dict())
@@ -351,7 +375,7 @@ class RunTracker:
             self._client.update_run(self._children[index], status=RUNNING)
             return
         self._children[index] = self._client.create_run(
-            self._experiment_id, run_name=f"{iteration.name}/pass-{index + 1}",
+            self._experiment_id, run_name=f"{self.name}/pass-{index + 1}",
             tags={"mlflow.parentRunId": self.run_id, TAG_KIND: KIND_PASS, TAG_PASS: str(index),
                   TAG_ITERATION: iteration.name},
         ).info.run_id
@@ -400,12 +424,69 @@ class RunTracker:
         self._client.set_terminated(self.run_id, FINISHED)
         return summary
 
+    def retag(self, tags: dict) -> None:
+        """Tags set after the start (a resumed sweep trial's new trial number)."""
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, value)
+
+    def pruned(self, history: list[dict], reason: str) -> dict:
+        """A run stopped on purpose before its end (a sweep's pruner): per-epoch metrics stay,
+        the summary and curves are logged so it compares with the others, tag harness.pruned,
+        the reason, status KILLED (never FINISHED: nothing that reads finished runs must take
+        a half-trained one). Returns the summary."""
+        from harness import plots
+
+        summary = metrics.summarize(history, self.iteration.data.name)
+        if summary:
+            self._log_metrics(self.run_id, summary)
+        if history:
+            figure = plots.training_curves(history, self.iteration.data.name, title=self.name)
+            self._client.log_figure(self.run_id, figure, "plots/training_curves.png")
+            plots.close(figure)
+        self._client.set_tag(self.run_id, TAG_PRUNED, "true")
+        self.fail(reason, status=KILLED)
+        return summary
+
     def fail(self, reason: str, status: str = FAILED) -> None:
         """The run ends FAILED (or KILLED) with its reason; so does any pass still running."""
         self._client.set_tag(self.run_id, TAG_FAILURE_REASON, reason[:5000])
         for child in self._children.values():
             if self._client.get_run(child).info.status == RUNNING:
                 self._client.set_terminated(child, status)
+        self._client.set_terminated(self.run_id, status)
+
+
+class SweepRun:
+    """A sweep's parent run (`ITER/sweep-NAME`, one per study, shared by its workers): each
+    trial's value, the best value as trials end, the trial counts, Optuna's plots."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self._client, self.run_id = client, run_id
+
+    def trial_ended(self, number: int, value: Optional[float], best: Optional[float], ended: int) -> None:
+        """`value` at step = trial number (none for a failed trial); `best` at step = trials ended."""
+        now = _now()
+        points = [Metric(metrics.SWEEP_TRIAL_VALUE, float(value), now, number)] if value is not None else []
+        points += [Metric(metrics.SWEEP_BEST_VALUE, float(best), now, ended)] if best is not None else []
+        if points:
+            self._client.log_batch(self.run_id, metrics=points)
+
+    def counts(self, counts: dict) -> None:
+        """Trials by how they ended: {"complete": n, "pruned": n, "failed": n}."""
+        now = _now()
+        self._client.log_batch(self.run_id, metrics=[Metric(metrics.SWEEP_TRIALS[k], float(v), now, 0)
+                                                     for k, v in counts.items()])
+
+    def figure(self, figure, artifact_file: str) -> None:
+        self._client.log_figure(self.run_id, figure, artifact_file)
+
+    def text(self, text: str, artifact_file: str) -> None:
+        self._client.log_text(self.run_id, text, artifact_file)
+
+    def tag(self, key: str, value: str) -> None:
+        self._client.set_tag(self.run_id, key, value)
+
+    def end(self, status: str = FINISHED) -> None:
         self._client.set_terminated(self.run_id, status)
 
 

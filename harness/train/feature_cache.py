@@ -11,6 +11,7 @@ models. No YAML, no MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +30,9 @@ class FeatureInputs:
     rows: np.ndarray
     n_rows: int
     build: Callable
+    # What the features depend on besides the backbone's weights (the data, the rows, the image
+    # size, the backbone's config); empty: never reused by another run.
+    identity: tuple = ()
 
     @classmethod
     def of(cls, iteration, table, train_idx, val_idx) -> "FeatureInputs":
@@ -36,7 +40,12 @@ class FeatureInputs:
         that follow the image stream's order."""
         from harness.data.pipeline import make_datasets
 
-        return cls(rows=np.union1d(train_idx, val_idx), n_rows=len(table),
+        rows = np.union1d(train_idx, val_idx)
+        fingerprint = getattr(table, "fingerprint", None)
+        identity = () if not fingerprint else (
+            fingerprint, iteration.data.image_size, iteration.backbone.model_dump_json(),
+            hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest())
+        return cls(rows=rows, n_rows=len(table), identity=identity,
                    build=lambda array: make_datasets(iteration, table, train_idx, val_idx, features=array))
 
 
@@ -50,9 +59,16 @@ def applies(iteration: Iteration, pass_index: int) -> bool:
             and not aug.flip and aug.cutout is None)
 
 
+# Feature arrays outlive one run in the same process: a sweep's trials (harness.sweep) train
+# on the same images through the same seeded, frozen backbone, and would each spend most of a
+# CPU trial recomputing them. The last few, by weights and FeatureInputs.identity.
+_RECENT: dict = {}
+_KEEP = 2
+
+
 class FeatureCache:
     """Datasets of backbone features per set of backbone weights: passes that reload the same
-    frozen backbone reuse them."""
+    frozen backbone reuse them, and so do later runs in this process on the same inputs."""
 
     def __init__(self, images, inputs: FeatureInputs, log=print):
         self.images, self.inputs, self.log = images, inputs, log
@@ -66,12 +82,22 @@ class FeatureCache:
         key = float(sum(np.abs(w).sum(dtype=np.float64) for w in backbone.get_weights()))
         if key not in self._computed:
             inputs = self.inputs
+            shared = (key, inputs.identity) if inputs.identity else None
+            if shared in _RECENT:
+                self._computed[key] = inputs.build(_RECENT[shared])
+                self.log(f"feature cache: the backbone features of {len(inputs.rows)} images, computed by an "
+                         f"earlier run in this process on the same images and backbone, reused")
+                return self._computed[key]
             started = time.perf_counter()
             images = self.images.rows(inputs.rows).map(lambda x, y: x)
             computed = feature_model(model).predict(images, verbose=0).astype(np.float32)
             features = np.zeros((inputs.n_rows, *computed.shape[1:]), np.float32)
             features[inputs.rows] = computed
             self._computed[key] = inputs.build(features)
+            if shared is not None:
+                _RECENT[shared] = features
+                while len(_RECENT) > _KEEP:
+                    _RECENT.pop(next(iter(_RECENT)))
             self.log(f"feature cache: backbone features of {len(inputs.rows)} images computed once "
                      f"({time.perf_counter() - started:.1f} s, {features.nbytes / 2**20:.0f} MiB in memory); "
                      f"the neck and heads train on them (compute.feature_cache: false turns this off)")
