@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,10 @@ def train_one(ledger_path: str, name: str, options: dict, log_file: str) -> Outc
     lines: list[str] = []
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", buffering=1) as out:
+        # the file is appended to: a rerun's output follows the interrupted one's
+        out.write(f"== harness run {name} as a Ray task: {socket.gethostname()} pid {os.getpid()}, "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+
         def log(line: str) -> None:
             lines.append(line)
             out.write(line + "\n")
