@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
 
         return run_parallel(book, names, args.ray, profile=args.profile, data_dir=args.data, fresh=args.fresh,
                             tracking_uri=args.tracking_uri, work_dir=args.work_dir,
-                            skip_bad_rows=args.skip_bad_rows, skip_finished=args.all)
+                            skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit)
     code = 0
     for name in names:
         code = run_iteration(

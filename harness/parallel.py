@@ -118,7 +118,7 @@ def train_one(ledger_path: str, name: str, options: dict, log_file: str) -> Outc
 
         try:
             code = run_iteration(ledger.load(ledger_path), name, log=log, **options)
-            line = lines[-1] if lines else ""
+            line = closing_line(name, lines)
         except InputError as exc:
             code, line = BAD_INPUT, exc.lines[0]
             log(f"error: {line}")
@@ -126,6 +126,14 @@ def train_one(ledger_path: str, name: str, options: dict, log_file: str) -> Outc
             code, line = FAILED, f"{type(exc).__name__}: {exc}"
             log(f"error: {line}")
     return Outcome(name, code, line, time.perf_counter() - started, log_file)
+
+
+def closing_line(name: str, lines: list[str]) -> str:
+    """The line that says how the run ended (`NAME: FINISHED, ...`, `NAME: FAILED, ...`), not the
+    learning verdict that follows it (that stays in the task's log); a skipped iteration's last
+    line says why it was skipped."""
+    ended = (f"{name}: FINISHED", f"{name}: FAILED")
+    return next((line for line in reversed(lines) if line.startswith(ended)), lines[-1] if lines else "")
 
 
 def connect(address: Optional[str]):
@@ -191,7 +199,7 @@ def _shared_default_data(book, names, data_dir: Optional[str], log) -> Optional[
 def run_parallel(book, names: list[str], address: Optional[str] = AUTO, *, profile: Optional[str] = None,
                  data_dir: Optional[str] = None, fresh: bool = False, tracking_uri: Optional[str] = None,
                  work_dir: Optional[str] = None, skip_bad_rows: bool = False, skip_finished: bool = True,
-                 log: Callable = print) -> int:
+                 limit: Optional[int] = None, log: Callable = print) -> int:
     """Train `names` as Ray tasks; the exit code is the worst iteration's (2 bad input, 1 failed)."""
     if not ray_installed():
         require_ray()
@@ -209,7 +217,8 @@ def run_parallel(book, names: list[str], address: Optional[str] = AUTO, *, profi
         _check_reachable_store(ray, uri)
         resources = task_resources(ray.cluster_resources(), len(names))
         options = _task_options(uri, work.root, data_dir, {
-            "profile": profile, "fresh": fresh, "skip_bad_rows": skip_bad_rows, "skip_finished": skip_finished})
+            "profile": profile, "fresh": fresh, "skip_bad_rows": skip_bad_rows, "skip_finished": skip_finished,
+            "limit": limit})
         task = ray.remote(train_one).options(**resources)
         where = "a local Ray head on 127.0.0.1" if started_here else "the Ray cluster"
         logs = work.root / "logs" / book.experiment

@@ -159,6 +159,10 @@ def test_three_iterations_at_once_equal_serial_runs_and_a_failure_stops_none(ray
     assert ended["broken"].startswith("broken: bad input in ") and "no CIFAR-10" in ended["broken"]
     assert lines[5].startswith("ray: 4 iterations: 1 bad input, 3 done;"), lines
     assert lines[6].startswith("  broken: bad input: ") and lines[6].endswith("broken.log)")
+    # the driver's line is the run's closing line; the learning verdict after it stays in the task's log
+    log_a = (Path(lines[0].rsplit(" in ", 1)[1]) / "a.log").read_text()
+    assert log_a.startswith("== harness run a as a Ray task: ") and "\na: FINISHED, " in log_a
+    assert "above majority on validation" in log_a.rstrip().splitlines()[-1]
 
     runs = histories(uri, "parallel", ["a", "b", "c"], "val_gender_acc")
     assert all(run.status == "FINISHED" for run, _ in runs.values())
