@@ -199,10 +199,16 @@ def test_ctrl_c_cancels_the_tasks_and_the_same_command_resumes_them(ray_head, bo
         return run_parallel(book, names, profile="full", data_dir=str(synth), tracking_uri=uri,
                             work_dir=str(work), skip_finished=True, log=lines.append)
 
+    # A process started in the background by a shell without job control inherits SIGINT ignored:
+    # Ctrl-C's own handler, as an interactive `harness run` has it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_after_first_epochs, daemon=True).start()
     lines = []
-    with pytest.raises(KeyboardInterrupt):
-        command(lines)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            command(lines)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert lines[-1].startswith("interrupted: cancelled long1, long2;"), lines
     store = Store(uri)
     before = {name: store.runs("parallel", name) for name in names}
