@@ -9,6 +9,7 @@ LEDGER ?= runs.yaml
 ITER   ?=
 PROFILE ?=
 DATA   ?=
+RAY    ?=
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 RUN_FLAGS = --ledger $(LEDGER) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA))
@@ -18,14 +19,14 @@ RUN_FLAGS = --ledger $(LEDGER) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: ITER=name  PROFILE=full|cpu|smoke  DATA=dir  LEDGER=file  GPU=1 (setup with CUDA TensorFlow)"
+	@echo "  Variables: ITER=name  PROFILE=full|cpu|smoke  DATA=dir  LEDGER=file  GPU=1 (setup with CUDA TensorFlow)  RAY=auto|HOST:PORT (make all on Ray)"
 
 setup: $(STAMP) ## Create .venv and install the harness with its pinned dependencies (runs once)
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,sweep$(if $(GPU),$(comma)gpu)]'
+	$(BIN)/pip install --quiet -e '.[dev,sweep,cluster$(if $(GPU),$(comma)gpu)]'
 	@touch $(STAMP)
 
 comma := ,
@@ -34,8 +35,8 @@ run: setup ## Train one iteration: make run ITER=eleventh [PROFILE=..] [DATA=..]
 	@test -n "$(ITER)" || { echo "usage: make run ITER=name (see: make list)"; exit 2; }
 	$(BIN)/harness run $(ITER) $(RUN_FLAGS)
 
-all: setup ## Train every iteration in ledger order, skipping those already finished with the same config
-	$(BIN)/harness run --all $(RUN_FLAGS)
+all: setup ## Train every iteration in ledger order, skipping those already finished with the same config; RAY=auto|ADDRESS: all at once on Ray
+	$(BIN)/harness run --all $(RUN_FLAGS) $(if $(RAY),--ray $(RAY))
 
 list: setup ## List the ledger's iterations
 	@$(BIN)/harness list --ledger $(LEDGER)

@@ -71,6 +71,12 @@ def cmd_run(args) -> int:
     names = book.names if args.all else args.iterations
     for name in names:
         book.resolve(name)  # every name checked before anything trains
+    if args.ray is not None:
+        from harness.parallel import run_parallel
+
+        return run_parallel(book, names, args.ray, profile=args.profile, data_dir=args.data, fresh=args.fresh,
+                            tracking_uri=args.tracking_uri, work_dir=args.work_dir,
+                            skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit)
     code = 0
     for name in names:
         code = run_iteration(
@@ -247,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_inputs(p)
     p.add_argument("--fresh", action="store_true", help="start a new run instead of resuming an unfinished one")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop bad CSV rows (and say which) instead of stopping")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="train the iterations at once as Ray tasks (pip install -e .[cluster]): auto (default) "
+                        "joins $RAY_ADDRESS or starts a head on 127.0.0.1; or a cluster's HOST:PORT")
     _add_tracking(p)
     _add_work_dir(p)
     p.set_defaults(func=cmd_run)

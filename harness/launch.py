@@ -50,9 +50,12 @@ class ConsoleReporter:
         stopping = f", early stopping patience {pass_.early_stopping.patience}" if pass_.early_stopping else ""
         # Rules that decide no layer are usually typos, or patterns meant for another backbone.
         unmatched = f" | freeze rules that decide no layer: {', '.join(freeze.unmatched)}" if freeze.unmatched else ""
+        from harness.train.distribute import batch_phrase
+
+        replicas = batch_phrase(iteration.compute.distribute, iteration.batch_size.train)
         self.log(f"== {iteration.name} pass {index + 1}/{len(iteration.passes)}: {pass_.epochs} epochs, "
                  f"{pass_.describe_lr(iteration.optimizer.lr)}{start}{stopping} | data {self.data_label} | "
-                 f"profile {self.profile}{unmatched}")
+                 f"{replicas + ' | ' if replicas else ''}profile {self.profile}{unmatched}")
         self.tracker.pass_started(index, iteration, freeze)
 
     def epoch_finished(self, pass_index, step, values):

@@ -36,6 +36,11 @@ DESCRIPTIVE_KEYS = ("title", "remark", "reported", "extends")
 
 REQUIRED_PROFILES = ("cpu", "smoke")
 
+# Switches added after runs were already logged, with the value every older run had: at that
+# value they stay out of the config sha, so finished runs are neither redone by `--all` nor marked
+# stale in the table for a key they never knew; any other value changes the sha as usual.
+SHA_NEUTRAL_DEFAULTS = {("compute", "distribute"): "none"}
+
 
 class LedgerError(InputError):
     """One or more problems in a ledger, each already formatted as one line."""
@@ -267,6 +272,17 @@ class ComputeConfig(_Strict):
     feature_cache: bool = True
     mixed_precision: Literal["none", "bfloat16", "float16"] = "none"
     jit_compile: bool = False
+    # Several devices on one host (harness.train.distribute); the batch size stays global.
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+
+    @field_validator("distribute")
+    @classmethod
+    def _single_host_only(cls, value: str) -> str:
+        if value == "multi_worker":
+            raise ValueError("multi_worker is not supported: Keras 3's fit does not support "
+                             "MultiWorkerMirroredStrategy (keras-team/keras#20585); train one iteration per GPU "
+                             "through Ray instead (harness run --all --ray), or use mirrored on one host")
+        return value
 
 
 class ReportedPass(_Strict):
@@ -329,7 +345,11 @@ class Iteration(_Strict):
     def config_sha(self) -> str:
         """Identity of what this iteration trains: a run is resumed or skipped only when its
         recorded sha equals this one."""
-        canonical = json.dumps(self.training_dict(), sort_keys=True, separators=(",", ":"))
+        trained = self.training_dict()
+        for (section, key), neutral in SHA_NEUTRAL_DEFAULTS.items():
+            if trained[section].get(key) == neutral:
+                trained[section] = {k: v for k, v in trained[section].items() if k != key}
+        canonical = json.dumps(trained, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property

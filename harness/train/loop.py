@@ -25,6 +25,7 @@ from harness.train import feature_cache
 from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot, save_last_good, save_pass_models,
                                        save_snapshot)
 from harness.train.compile import compile_model, lr_for_epoch, train_stream, val_stream
+from harness.train.distribute import strategy_scope, synchronize_batch_norm
 
 # An epoch whose training loss is this many times the run's lowest so far has diverged: real
 # training never gets there, while an absurd LR can keep the loss finite (clipped softmax, huge
@@ -94,6 +95,7 @@ def new_model(iteration: Iteration, index: int):
     from harness.models import apply_freeze, build_model, policy_for
 
     model = build_model(iteration, freeze=False)
+    synchronize_batch_norm(model, iteration.compute.distribute)
     return model, apply_freeze(model, policy_for(iteration, index))
 
 
@@ -143,7 +145,8 @@ def _pass_callback(runner: "Runner", index: int, pass_: PassConfig):
 
         def on_epoch_end(self, epoch, logs=None):
             values = metrics.from_keras_logs(logs or {}, runner.dataset)
-            values[metrics.LR] = float(self.model.optimizer.learning_rate)
+            # a MirroredVariable under compute.distribute: mirrored, which float() refuses
+            values[metrics.LR] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             values[metrics.EPOCH_SECONDS] = time.perf_counter() - self._started
             runner.diverged = runner.diverged or divergence(values, runner.state.history, index, epoch)
             if runner.diverged:
@@ -296,13 +299,15 @@ class Runner:
         return result
 
     def run(self) -> list[PassResult]:
-        """Every pass not yet done, under the iteration's precision policy (restored after)."""
+        """Every pass not yet done, under the iteration's precision policy (restored after) and
+        its distribution strategy (harness.train.distribute)."""
         import keras
 
         previous = keras.mixed_precision.global_policy().name
         keras.mixed_precision.set_global_policy(PRECISION_POLICIES[self.iteration.compute.mixed_precision])
         try:
-            return [self.run_pass(index) for index in range(len(self.iteration.passes))
-                    if index not in self.state.done_passes]
+            with strategy_scope(self.iteration.compute.distribute):
+                return [self.run_pass(index) for index in range(len(self.iteration.passes))
+                        if index not in self.state.done_passes]
         finally:
             keras.mixed_precision.set_global_policy(previous)

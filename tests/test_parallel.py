@@ -1,0 +1,236 @@
+"""`harness run --ray`: iterations as Ray tasks on a real local Ray head (127.0.0.1 only), logging
+to one SQLite MLflow store in a temp folder; real training, a real SIGINT."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import ledger
+
+REPO = Path(__file__).resolve().parents[1]
+
+LEDGER = """\
+experiment: parallel
+defaults:
+  seed: 7
+  data: {name: hvc, image_size: 32, val_fraction: 0.25, cache: memory}
+  backbone: {name: custom, freeze: none}
+  head: {neck: gap, neck_units: 16, tower_units: [8], tower_dropouts: [0.0]}
+  optimizer: {name: adam, lr: 0.003}
+  batch_size: {train: 16, eval: 16}
+profiles:
+  cpu: {set: {}, max_epochs_per_pass: 2}
+  smoke: {set: {}, max_epochs_per_pass: 1}
+iterations:
+  a:
+    passes: [{epochs: 3}]
+  b:
+    extends: a
+    optimizer: {lr: 0.001}
+  c:
+    extends: b
+    seed: 8
+  broken:  # no CIFAR-10 in the hvc folder: this one fails (as bad input, before TensorFlow loads)
+    extends: a
+    data: {name: cifar10}
+  long1:
+    extends: a
+    backbone: {freeze: backbone}
+    passes: [{epochs: 12}]
+  long2:
+    extends: long1
+    optimizer: {lr: 0.001}
+"""
+
+
+def ray_processes() -> set[int]:
+    """This process's descendants: the head's processes and its workers."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def listening_addresses(pids: set[int]) -> dict[str, int]:
+    """Local address (hex, as /proc/net/tcp* spells it) -> pid, for every TCP socket those
+    processes listen on."""
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found[fields[1]] = inodes[fields[9]]
+    return found
+
+
+LOOPBACK_HEX = ("0100007F:", "0000000000000000FFFF00000100007F:", "00000000000000000000000001000000:")
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """One local head for the session (its start-up is paid once), with two CPUs as on CI;
+    stopped at the end, and every process it started gone."""
+    from harness.parallel import start_local_head
+
+    ray = start_local_head(num_cpus=2)  # before anything else imports ray (see start_local_head)
+    yield ray
+    started = ray_processes()
+    ray.shutdown()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in started):
+        time.sleep(0.2)
+    left = [pid for pid in started if Path(f"/proc/{pid}").exists()
+            and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"ray.shutdown() left processes running: {left}"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from harness.data.synth import generate
+
+    folder = tmp_path_factory.mktemp("synth")
+    generate(folder, 64, seed=6)
+    return folder
+
+
+@pytest.fixture()
+def book(tmp_path):
+    path = tmp_path / "parallel.yaml"
+    path.write_text(LEDGER)
+    return ledger.load(path)
+
+
+def histories(uri, experiment, names, key):
+    from harness.tracking import Store
+
+    store = Store(uri)
+    found = {}
+    for name in names:
+        [run] = store.runs(experiment, name)
+        found[name] = (run, [(p.step, p.value) for p in store.metric_history(run.run_id, key)])
+    return found
+
+
+def test_the_head_listens_on_loopback_only(ray_head):
+    addresses = listening_addresses(ray_processes())
+    assert addresses, "the head listens on nothing?"
+    outside = {address: pid for address, pid in addresses.items() if not address.startswith(LOOPBACK_HEX)}
+    assert not outside, outside
+
+
+def test_three_iterations_at_once_equal_serial_runs_and_a_failure_stops_none(ray_head, book, synth, tmp_path):
+    from harness.launch import run_iteration
+    from harness.parallel import run_parallel
+
+    uri, lines = f"sqlite:///{tmp_path}/ray/mlflow.db", []
+    code = run_parallel(book, ["a", "b", "c", "broken"], profile="smoke", data_dir=str(synth), tracking_uri=uri,
+                        log=lines.append)
+    assert code == 2, lines  # `broken` had bad input; the others finished
+    ended = {line.split(":")[0]: line for line in lines[1:5]}
+    assert set(ended) == {"a", "b", "c", "broken"}, lines
+    assert all(" done in " in ended[name] and "FINISHED" in ended[name] for name in "abc"), lines
+    assert ended["broken"].startswith("broken: bad input in ") and "no CIFAR-10" in ended["broken"]
+    assert lines[5].startswith("ray: 4 iterations: 1 bad input, 3 done;"), lines
+    assert lines[6].startswith("  broken: bad input: ") and lines[6].endswith("broken.log)")
+    # the driver's line is the run's closing line; the learning verdict after it stays in the task's log
+    log_a = (Path(lines[0].rsplit(" in ", 1)[1]) / "a.log").read_text()
+    assert log_a.startswith("== harness run a as a Ray task: ") and "\na: FINISHED, " in log_a
+    assert "above majority on validation" in log_a.rstrip().splitlines()[-1]
+
+    runs = histories(uri, "parallel", ["a", "b", "c"], "val_gender_acc")
+    assert all(run.status == "FINISHED" for run, _ in runs.values())
+    # at once: every run started before any of them ended
+    assert max(run.start_time for run, _ in runs.values()) < min(run.end_time for run, _ in runs.values())
+
+    serial_uri = f"sqlite:///{tmp_path}/serial/mlflow.db"
+    for name in "abc":
+        assert run_iteration(book, name, profile="smoke", data_dir=str(synth), tracking_uri=serial_uri,
+                             log=lambda _: None) == 0
+    for key in ("val_loss", "val_gender_acc", "val_age_loss"):
+        parallel, serial = histories(uri, "parallel", "abc", key), histories(serial_uri, "parallel", "abc", key)
+        for name in "abc":
+            assert parallel[name][1] == serial[name][1], (name, key)
+
+
+def test_ctrl_c_cancels_the_tasks_and_the_same_command_resumes_them(ray_head, book, synth, tmp_path):
+    from harness.parallel import run_parallel
+    from harness.settings import work_dir
+    from harness.tracking import Store
+
+    uri, work, names = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "work", ["long1", "long2"]
+
+    def interrupt_after_first_epochs():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            states = list(work.glob("*/state.json"))
+            if len(states) == 2 and all('"step": 1' in s.read_text() for s in states):
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers to the driver
+                return
+            time.sleep(0.05)
+
+    def command(lines):
+        return run_parallel(book, names, profile="full", data_dir=str(synth), tracking_uri=uri,
+                            work_dir=str(work), skip_finished=True, log=lines.append)
+
+    # A process started in the background by a shell without job control inherits SIGINT ignored:
+    # Ctrl-C's own handler, as an interactive `harness run` has it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    threading.Thread(target=interrupt_after_first_epochs, daemon=True).start()
+    lines = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            command(lines)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert lines[-1].startswith("interrupted: cancelled long1, long2;"), lines
+    store = Store(uri)
+    before = {name: store.runs("parallel", name) for name in names}
+    assert all(len(runs) == 1 and runs[0].status in ("KILLED", "RUNNING") for runs in before.values()), before
+    for runs in before.values():
+        assert (work_dir(work).run(runs[0].run_id) / "state.json").is_file()
+
+    lines = []
+    assert command(lines) == 0, lines
+    for name in names:
+        [run] = store.runs("parallel", name)
+        assert run.run_id == before[name][0].run_id and run.status == "FINISHED"
+        assert [p.step for p in store.metric_history(run.run_id, "val_loss")] == list(range(1, 13))
+        log = (work / "logs" / "parallel" / f"{name}.log").read_text()
+        assert f"resuming unfinished run {run.run_id[:8]}" in log
+
+
+def test_ray_without_the_cluster_extra_is_refused_with_the_install_line(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from harness.cli import main; "
+            f"sys.exit(main(['run', '--all', '--ray', '--tracking-uri', 'sqlite:///{tmp_path}/s/mlflow.db']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: harness run --ray: Ray is not installed; pip install -e .[cluster]"]
+    assert not (tmp_path / "s").exists()
