@@ -29,6 +29,11 @@ TAG_GIT_DIRTY = "harness.git_dirty"
 TAG_REFERENCE = "harness.reference"  # REFERENCE_MAJORITY or REFERENCE_LINEAR_PROBE
 TAG_SPLIT = "harness.split"  # data fingerprint + split settings; equal value = same validation images
 
+# MLflow's own experiment tag: the UI opens an experiment tagged custom_model_development on its
+# runs table instead of the GenAI overview (harness.tracking tags every experiment it creates).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
 KIND_ITERATION = "iteration"
 KIND_PASS = "pass"
 KIND_LR_FIND = "lr-find"
@@ -59,6 +64,7 @@ class RunRecord:
     tags: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    steps: dict = field(default_factory=dict)  # metric -> the step of its latest value
 
     @property
     def finished(self) -> bool:

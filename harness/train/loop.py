@@ -21,7 +21,7 @@ import numpy as np
 from harness import metrics
 from harness.data.labels import output_name
 from harness.ledger import Iteration, PassConfig
-from harness.train import feature_cache
+from harness.train import feature_cache, progress
 from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot, save_last_good, save_pass_models,
                                        save_snapshot)
 from harness.train.compile import compile_model, lr_for_epoch, train_stream, val_stream
@@ -224,7 +224,8 @@ class Runner:
                 validation_data=val_stream(data),
                 epochs=pass_.epochs,
                 initial_epoch=self.state.epochs_in_pass,
-                callbacks=[_pass_callback(self, index, pass_)],
+                callbacks=[*progress.callbacks(data.steps_per_epoch, it.batch_size.train, pass_.epochs, self.log),
+                           _pass_callback(self, index, pass_)],  # progress first: its line ends before the epoch's
                 shuffle=False,  # the stream is shuffled, per epoch and seeded, by the data layer
                 # Keras's own progress logger syncs every batch (~5% of a CPU epoch); the epoch
                 # line is printed by the pass callback instead.
