@@ -16,8 +16,8 @@ from harness.ledger import Iteration, PassConfig, diff
 
 ARROW = "→"
 
-# Keys folded into the epochs / lr / batch phrases, or implied by them.
-_FOLDED = ("passes", "batch_size.", "optimizer.lr")
+# Keys folded into the epochs / lr / batch / freeze phrases, or implied by them.
+_FOLDED = ("passes", "batch_size.", "optimizer.lr", "backbone.freeze")
 
 # Keys whose last name alone would be unclear.
 _LABELS = {"backbone.name": "backbone", "backbone.freeze": "freeze", "optimizer.name": "optimizer"}
@@ -46,6 +46,13 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+def describe_freeze(policy) -> str:
+    """A freeze policy in words: `backbone`, `none`, or its rules (`^conv frozen, .* trains`)."""
+    if isinstance(policy, str):
+        return policy
+    return ", ".join(f"{rule.pattern} {'trains' if rule.trainable else 'frozen'}" for rule in policy)
+
+
 def pass_lr(pass_: PassConfig, default_lr: float) -> str:
     if pass_.schedule is not None:
         return "(" + ",".join(number(v) for v in pass_.schedule.values) + ")"
@@ -65,7 +72,7 @@ def _pass_keys(found: list[tuple[str, Any, Any]], passes: int) -> list[str]:
         if len(parts) < 3 or parts[0] != "passes":
             continue  # a whole pass added or removed shows in epochs and lr
         field = ".".join(parts[2:])
-        if field in ("epochs", "lr") or field.startswith("schedule"):
+        if field in ("epochs", "lr") or field.startswith(("schedule", "freeze")):
             continue
         by_key.setdefault(field, []).append((int(parts[1]), old, new))
     phrases = []
@@ -95,6 +102,9 @@ def short_changes(parent: Iteration, child: Iteration) -> str:
             continue
         label = _LABELS.get(key, key.rsplit(".", 1)[-1])
         phrases.append(f"{label} {value_text(old)}{ARROW}{value_text(new)}")
+    old_freeze, new_freeze = describe_freeze(parent.backbone.freeze), describe_freeze(child.backbone.freeze)
+    if old_freeze != new_freeze:
+        phrases.append(f"freeze {old_freeze}{ARROW}{new_freeze}")
     old_batch = f"{parent.batch_size.train}/{parent.batch_size.eval}"
     new_batch = f"{child.batch_size.train}/{child.batch_size.eval}"
     if old_batch != new_batch:
@@ -104,4 +114,8 @@ def short_changes(parent: Iteration, child: Iteration) -> str:
     if lrs(parent) != lrs(child):
         phrases.append(f"lr {lrs(parent)}{ARROW}{lrs(child)}")
     phrases += _pass_keys(found, len(child.passes))
+    for index, (old, new) in enumerate(zip(parent.passes, child.passes)):
+        if old.freeze != new.freeze:
+            before, after = (describe_freeze(p.freeze) if p.freeze is not None else "as backbone" for p in (old, new))
+            phrases.append(f"p{index + 1} freeze {before}{ARROW}{after}")
     return "; ".join(phrases) or "none"

@@ -16,8 +16,8 @@ from typing import Optional
 
 from harness import metrics
 from harness.errors import InputError
-from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, Decision,
-                             RunRecord)
+from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SYNTHETIC,
+                             Decision, RunRecord)
 
 
 def gpu_visible() -> bool:
@@ -85,6 +85,8 @@ class Prepared:
     """An iteration resolved under its profile, its data validated and split, seeds set."""
 
     def __init__(self, book, iteration, profile, table, parts, data_dir):
+        from harness.data.synth import is_synthetic
+
         self.iteration, self.profile, self.table, self.parts = iteration, profile, table, parts
         self.data_dir = data_dir
         self.tags = {
@@ -92,6 +94,7 @@ class Prepared:
             TAG_PROFILE: profile,
             TAG_DATA: str(getattr(table, "fingerprint", "")),
             TAG_DATA_DIR: str(getattr(table, "folder", data_dir or "")),
+            TAG_SYNTHETIC: str(is_synthetic(table)).lower(),  # the table marks such runs' numbers
         }
 
     def datasets(self, cache_dir: Optional[Path] = None):

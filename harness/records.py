@@ -22,6 +22,7 @@ TAG_PROFILE = "harness.profile"  # full, cpu, smoke
 TAG_DATA = "harness.data"  # the data fingerprint
 TAG_DATA_DIR = "harness.data_dir"  # the data folder (or source)
 TAG_PASS = "harness.pass"  # a child run's 0-based pass index
+TAG_SYNTHETIC = "harness.synthetic"  # "true" when the run trained on generated data
 TAG_FAILURE_REASON = "harness.failure_reason"
 TAG_GIT_DIRTY = "harness.git_dirty"
 # Reference runs (`harness reference`): which reference, and the split every run that can be

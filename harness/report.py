@@ -37,10 +37,11 @@ from typing import Callable, Optional
 from harness import committed
 from harness import ledger as ledger_mod
 from harness import metrics as contract
-from harness.changes import short_changes
+from harness.changes import describe_freeze, short_changes
 from harness.data.labels import majority_rates
 from harness.errors import InputError
-from harness.records import REFERENCE_LINEAR_PROBE, REFERENCE_MAJORITY, TAG_REFERENCE, TAG_SPLIT, RunRecord
+from harness.records import (REFERENCE_LINEAR_PROBE, REFERENCE_MAJORITY, TAG_REFERENCE, TAG_SPLIT, TAG_SYNTHETIC,
+                             RunRecord)
 from harness.settings import DEFAULT_LEDGER
 
 RESULTS_START = "<!-- results:start -->"
@@ -182,7 +183,10 @@ def balanced(record: Optional[RunRecord], dataset: str, head: Optional[str] = No
 def is_synthetic(record: RunRecord) -> bool:
     """A run on generated data (hvc-synth, `harness data synth`, the synthetic CIFAR stand-in):
     its numbers say nothing about the real dataset and must never pass for real ones."""
-    return "synth" in f"{Path(record.data_dir).name} {record.name or ''}".lower()
+    tagged = record.tags.get(TAG_SYNTHETIC)
+    if tagged is not None:
+        return tagged == "true"
+    return "synth" in f"{Path(record.data_dir).name} {record.name or ''}".lower()  # runs from before the tag
 
 
 def data_label(record: RunRecord) -> str:
@@ -232,15 +236,10 @@ def architecture(it: ledger_mod.Iteration) -> str:
 
 
 def freeze(it: ledger_mod.Iteration) -> str:
-    def describe(policy) -> str:
-        if isinstance(policy, str):
-            return policy
-        return ", ".join(f"{rule.pattern} {'trains' if rule.trainable else 'frozen'}" for rule in policy)
-
-    text = describe(it.backbone.freeze)
+    text = describe_freeze(it.backbone.freeze)
     for index, pass_ in enumerate(it.passes):
         if pass_.freeze is not None:
-            text += f"; pass {index + 1}: {describe(pass_.freeze)}"
+            text += f"; pass {index + 1}: {describe_freeze(pass_.freeze)}"
     return text
 
 
