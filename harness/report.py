@@ -391,8 +391,8 @@ def reference_cells(record: RunRecord, layout: Layout) -> tuple[dict, dict, dict
     name = REFERENCE_LABELS.get(kind, kind)
     value = acc_text(score(record, layout.dataset).value) + (SYNTHETIC_MARK if is_synthetic(record) else "")
     main = {column: "" for column in layout.main_columns()}
-    main.update({"#": "ref", "Iteration": name, "Architecture": f"reference run {record.name}", layout.value: value,
-                 "Remark": "`harness reference`; lifts are taken on the same split", "Run": record.run_id,
+    main.update({"#": "ref", "Iteration": name, "Architecture": "reference run", layout.value: value,
+                 "Remark": "`harness reference`", "Run": record.run_id,
                  "Started (UTC)": committed.started_text(record.start_time), "Profile": record.profile,
                  "Data": data_label(record), "Split": record.tags.get(TAG_SPLIT, "")[:12]})
     return (main, *head_cells("ref", name, record, layout))
@@ -510,17 +510,19 @@ def notes(tables: Tables, rows: list[Row], refs: dict, limit: int = 200) -> list
     import textwrap
 
     layout = tables.layout
-    counts = {s: sum(r.state == s and r.name not in tables.kept for r in rows) for s in (CURRENT, STALE, NOT_RUN)}
+    iterations = [r for r in tables.main if r["#"] != "ref"]  # as shown: committed rows kept count as theirs
+    stale = sum(r.get("Run", "").endswith(" stale") for r in iterations)
+    not_run = sum(r.get(layout.value) == NOT_RUN for r in iterations)
+    counts = {CURRENT: len(iterations) - stale - not_run, STALE: stale, NOT_RUN: not_run}
     shown = [r for r in tables.main if r.get("Data")]
     synthetic = sorted({r["Data"] for r in shown if SYNTHETIC_MARK in r.get(layout.value, "")})
     real = sorted({r["Data"] for r in shown if SYNTHETIC_MARK not in r.get(layout.value, "")})
     selected = contract.selected_name(layout.dataset, layout.main, contract.ACC.short)
     best = contract.best_val_acc(layout.dataset)
-    kept = f", {len(tables.kept)} kept as committed (runs not in this store)" if tables.kept else ""
     references = len(refs) + tables.kept_references
     text = [
         f"{len(rows)} iterations: {counts[CURRENT]} with a current run, {counts[STALE]} stale, "
-        f"{counts[NOT_RUN]} not run{kept}; {references} reference runs.",
+        f"{counts[NOT_RUN]} not run; {references} reference runs.",
         f"Data: {', '.join(real) or 'no run'} on real data; {SYNTHETIC_MARK} = synthetic ({', '.join(synthetic)}): "
         "such numbers say nothing about the real dataset." if synthetic else
         f"Data: {', '.join(real) or 'no run yet'}; no row trained on synthetic data.",
