@@ -47,9 +47,11 @@ def epoch_progress(steps: int, batch_size: int, epochs: int, log: Callable[[str]
             self._started = self._last_line = clock()
             self._bar: Optional[tqdm] = None
             if terminal:
+                # Redrawn by this callback only (refresh below), on its own clock: tqdm's interval
+                # timers would start a monitor thread and draw on update().
                 self._bar = tqdm(total=steps, desc=self._label, unit="batch", leave=False, file=stream or sys.stdout,
-                                 mininterval=TERMINAL_INTERVAL, maxinterval=TERMINAL_INTERVAL, dynamic_ncols=True,
-                                 bar_format="{desc}: {n_fmt}/{total_fmt} batches |{bar}| {postfix} ETA {remaining}")
+                                 mininterval=float("inf"), maxinterval=0, dynamic_ncols=True,
+                                 bar_format="{desc}: {n_fmt}/{total_fmt} batches |{bar}|{postfix} ETA {remaining}")
                 self._bar.set_postfix_str("", refresh=False)
 
         def on_train_batch_begin(self, batch, logs=None):
@@ -59,8 +61,11 @@ def epoch_progress(steps: int, batch_size: int, epochs: int, log: Callable[[str]
             now = clock()
             rate = done * batch_size / max(now - self._started, 1e-9)
             if self._bar is not None:
-                self._bar.set_postfix_str(f"{rate:,.0f} img/s", refresh=False)
-                self._bar.update(done - self._bar.n)
+                if now - self._last_line >= TERMINAL_INTERVAL:  # redraw at most twice a second
+                    self._last_line = now
+                    self._bar.n = done
+                    self._bar.set_postfix_str(f"{rate:,.0f} img/s", refresh=False)
+                    self._bar.refresh()
             elif now - self._last_line >= PLAIN_INTERVAL:
                 self._last_line = now
                 meter = tqdm.format_meter(done, steps, now - self._started, unit="batch",
