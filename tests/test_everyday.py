@@ -69,16 +69,29 @@ def test_show_and_list_across_ledgers():
 # --------------------------------------------------------------------------- quiet by default
 
 
-def test_mlflow_info_lines_only_with_verbose(tmp_path):
+def test_mlflow_info_lines_only_with_verbose(tmp_path, monkeypatch, capfd):
     """`eval` of an iteration with no runs opens a new MLflow store (MLflow logs that it creates
-    its tables) and stops with one error line."""
-    uri = f"sqlite:///{tmp_path}/quiet/mlflow.db"
-    quiet = harness("eval", "base", "--tracking-uri", uri)
+    its tables) and stops with one error line; with -v the libraries' INFO lines show."""
+    quiet = harness("eval", "base", "--tracking-uri", f"sqlite:///{tmp_path}/quiet/mlflow.db")
     assert quiet.returncode == 2
     assert quiet.stderr.splitlines() == [quiet.stderr.strip()] and quiet.stderr.startswith("error: base: no finished run")
     assert quiet.stdout == ""
-    loud = harness("-v", "eval", "base", "--tracking-uri", f"sqlite:///{tmp_path}/loud/mlflow.db")
-    assert loud.returncode == 2 and "Creating initial MLflow database tables" in loud.stderr
+    import logging
+
+    from harness import quiet as quiet_mod
+    from harness.tracking import Store
+
+    for name in ("MLFLOW_LOGGING_LEVEL", "TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    levels = {name: logging.getLogger(name).level for name in quiet_mod.NOISY_LOGGERS}
+    try:
+        quiet_mod.configure(verbose=True)
+        capfd.readouterr()
+        Store(f"sqlite:///{tmp_path}/loud/mlflow.db")
+        assert "Creating initial MLflow database tables" in capfd.readouterr().err
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 # --------------------------------------------------------------------------- docs and tool agree
