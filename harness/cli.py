@@ -175,9 +175,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    from harness.errors import InputError
     from harness.ui import serve
 
-    return serve(args.tracking_uri, host=args.host, port=args.port, experiment=_ledger(args).experiment)
+    try:  # the ledger only names the experiment whose runs page to print; the UI works without one
+        experiment = _ledger(args).experiment
+    except InputError:
+        experiment = None
+    return serve(args.tracking_uri, host=args.host, port=args.port, experiment=experiment)
 
 
 def cmd_lr_find(args) -> int:

@@ -661,7 +661,7 @@ def run_table(book: ledger_mod.Ledger, ledger_label: str, *, out: Optional[str] 
     rows = collect(book, reader.latest_finished)
     refs = latest_references(reader.references())
     if fmt in ("csv", "json"):
-        text = export(records_for_tools(rows, refs, Layout(book.resolve(book.names[0]).data.name).dataset), fmt)
+        text = export(records_for_tools(rows, refs, book.resolve(book.names[0]).data.name), fmt)
         if out:
             write_if_changed(Path(out), text)
             log(f"{out}: {len(rows)} iterations, {len(refs)} references as {fmt}")

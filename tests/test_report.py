@@ -230,6 +230,7 @@ def readme_block(readme: Path) -> str:
     return readme.read_text().split(report.RESULTS_START)[1].split(report.RESULTS_END)[0]
 
 
+@pytest.mark.slow  # the smoke store trains two iterations
 def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
     from harness.tracking import Store
 
@@ -268,6 +269,7 @@ def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
     assert "RESULTS.md: unchanged" in second.stdout and "results block unchanged" in second.stdout
 
 
+@pytest.mark.slow
 def test_gender_numbers_are_mlflows_and_rows_are_current_stale_not_run(smoke_store):
     from harness.fast_store import open_reader
     from harness.tracking import Store
