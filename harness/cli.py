@@ -176,13 +176,15 @@ def cmd_compare(args) -> int:
 
 def cmd_ui(args) -> int:
     from harness.errors import InputError
+    from harness.metrics import val_acc
     from harness.ui import serve
 
     try:  # the ledger only names the experiment whose runs page to print; the UI works without one
-        experiment = _ledger(args).experiment
+        book = _ledger(args)
+        experiment, sort_by = book.experiment, val_acc(book.resolve(book.names[0]).data.name)
     except InputError:
-        experiment = None
-    return serve(args.tracking_uri, host=args.host, port=args.port, experiment=experiment)
+        experiment, sort_by = None, None
+    return serve(args.tracking_uri, host=args.host, port=args.port, experiment=experiment, sort_by=sort_by)
 
 
 def cmd_lr_find(args) -> int:

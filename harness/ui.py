@@ -59,13 +59,18 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = STARTUP_
     return False
 
 
-def runs_page(url: str, experiment_id: Optional[str]) -> str:
-    """The UI's page of an experiment's runs table (the UI's home without an experiment)."""
-    return f"{url}/#/experiments/{experiment_id}/runs" if experiment_id else url
+def runs_page(url: str, experiment_id: Optional[str], sort_by: Optional[str] = None) -> str:
+    """The UI's page of an experiment's runs table, best `sort_by` metric first (the UI's home
+    without an experiment). MLflow 3.17's runs table shows no metric column until one is picked
+    under Columns; the sort is what a URL can carry, and it puts the best run on top."""
+    if not experiment_id:
+        return url
+    page = f"{url}/#/experiments/{experiment_id}/runs"
+    return page + f"?orderByKey=metrics.%60{sort_by}%60&orderByAsc=false" if sort_by else page
 
 
 def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          log=print, experiment: Optional[str] = None) -> int:
+          log=print, experiment: Optional[str] = None, sort_by: Optional[str] = None) -> int:
     """Start the server, print the URL of `experiment`'s runs page, wait until it ends (or this
     process is told to stop). Experiments holding harness runs are tagged as model training
     first, so the UI opens them on their runs table, not on the GenAI overview."""
@@ -106,7 +111,7 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
         log(f"harness ui: the MLflow server did not come up on {host}:{port} (its output is above)")
         return 1
     log(f"MLflow UI for {uri}")
-    log(f"open {runs_page(url, experiment_id)}  (pid {os.getpid()}; Ctrl-C stops it)")
+    log(f"open {runs_page(url, experiment_id, sort_by)}  (pid {os.getpid()}; Ctrl-C stops it)")
     if experiment and experiment_id is None:
         log(f"no experiment {experiment} in this store yet: train an iteration first (make run ITER=name)")
     log(f"compare iterations: pick the experiment, select runs, Compare, then the {val_acc('hvc')} chart")

@@ -204,21 +204,28 @@ def test_compare_view_shows_val_gender_acc_for_both_runs(ui, browser, tmp_path):
 
 
 def test_the_printed_url_opens_the_runs_table_with_val_gender_acc(ui, browser, tmp_path):
-    """`harness ui` prints the experiment's runs page; the experiment is tagged as model training,
-    so its first screen is the runs table (not MLflow 3's GenAI overview), with val_gender_acc."""
+    """`harness ui` prints the experiment's runs page sorted by val_gender_acc; the experiment is
+    tagged as model training, so its first screen is the runs table (not MLflow 3's GenAI
+    overview), its rows in MLflow's val_gender_acc order, best first."""
     from mlflow.tracking import MlflowClient
 
     url, store, page = ui
     client = MlflowClient(store["uri"])
     experiment = client.get_experiment_by_name(store["experiment"])
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
-    assert page == f"{url}/#/experiments/{experiment.experiment_id}/runs"
+    assert page == (f"{url}/#/experiments/{experiment.experiment_id}/runs"
+                    "?orderByKey=metrics.%60val_gender_acc%60&orderByAsc=false")
     browser.get(page)
-    names = [client.get_run(run_id).info.run_name for run_id in store["runs"].values()]
+    runs = [client.get_run(run_id) for run_id in store["runs"].values()]
+    best_first = [r.info.run_name for r in sorted(runs, key=lambda r: -r.data.metrics["val_gender_acc"])]
     body = lambda: browser.find_element("tag name", "body").text  # noqa: E731
-    wait_for(lambda: all(name in body() for name in names) and "val_gender_acc" in body(), seconds=90,
-             what="the runs table with both runs and a val_gender_acc column")
-    assert "Detect Issues" not in body() and "Traces" not in browser.execute_script(HEADINGS_JS)
+    wait_for(lambda: "Training runs" in body() and all(n in body() for n in best_first), seconds=90,
+             what="the runs table with both runs")
+    assert "Sort: val_gender_acc" in body()
+    shown = wait_for(lambda: [n for n in browser.execute_script(RUN_NAMES_JS) if n in best_first] or None,
+                     what="the run names in the table")
+    assert shown == best_first, "the table is not in MLflow's val_gender_acc order"
+    assert "Detect Issues" not in body()
     shot = tmp_path / "runs_page.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes().startswith(b"\x89PNG")
     if os.environ.get("HARNESS_SCREENSHOTS"):
@@ -227,7 +234,8 @@ def test_the_printed_url_opens_the_runs_table_with_val_gender_acc(ui, browser, t
         shutil.copy(shot, keep / shot.name)
 
 
-HEADINGS_JS = "return [...document.querySelectorAll('h1, h2, h3')].map(h => h.innerText).join('\\n')"
+RUN_NAMES_JS = ("return [...document.querySelectorAll('[role=row] a, .ag-row a')].map(a => a.innerText.trim())"
+                ".filter((name, i, all) => all.indexOf(name) === i)")
 
 
 def runs_latest(client, run_id: str) -> float:
