@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -190,8 +191,15 @@ def is_synthetic(record: RunRecord) -> bool:
 
 
 def data_label(record: RunRecord) -> str:
-    """The data folder's name, else the fingerprint."""
-    return Path(record.data_dir).name if record.data_dir else record.data_fingerprint
+    """What the run trained and validated on, so a synthetic number never passes for a real one:
+    'hvc real (6,000 images)', 'hvc synthetic (64 images)'. The dataset and its image count come
+    from the split tag ('hvc 1a2b3c4d5e6f 6000 rows, val 0.15 seed 1'); runs without one show the
+    data folder's name (else the fingerprint)."""
+    found = re.match(r"(\S+) \S+ (\d+) rows", record.tags.get(TAG_SPLIT, ""))
+    kind = "synthetic" if is_synthetic(record) else "real"
+    if found:
+        return f"{found.group(1)} {kind} ({int(found.group(2)):,} images)"
+    return f"{Path(record.data_dir).name if record.data_dir else record.data_fingerprint} {kind}"
 
 
 @dataclass(frozen=True)
@@ -365,7 +373,7 @@ def iteration_cells(book: ledger_mod.Ledger, row: Row, refs: dict, layout: Layou
         "Run": (run.run_id + (" stale" if row.state == STALE else "")) if run else "",
         "Started (UTC)": committed.started_text(run.start_time) if run else "",
         "Profile": run.profile if run else "", "Data": data_label(run) if run else "",
-        "Split": run.tags.get(TAG_SPLIT, "")[:12] if run else "",
+        "Split": run.tags.get(TAG_SPLIT, "") if run else "",
     }
     return main, *head_cells(row.number, row.name, run, layout)
 
@@ -394,7 +402,7 @@ def reference_cells(record: RunRecord, layout: Layout) -> tuple[dict, dict, dict
     main.update({"#": "ref", "Iteration": name, "Architecture": "reference run", layout.value: value,
                  "Remark": "`harness reference`", "Run": record.run_id,
                  "Started (UTC)": committed.started_text(record.start_time), "Profile": record.profile,
-                 "Data": data_label(record), "Split": record.tags.get(TAG_SPLIT, "")[:12]})
+                 "Data": data_label(record), "Split": record.tags.get(TAG_SPLIT, "")})
     return (main, *head_cells("ref", name, record, layout))
 
 
@@ -523,9 +531,9 @@ def notes(tables: Tables, rows: list[Row], refs: dict, limit: int = 200) -> list
     text = [
         f"{len(rows)} iterations: {counts[CURRENT]} with a current run, {counts[STALE]} stale, "
         f"{counts[NOT_RUN]} not run; {references} reference runs.",
-        f"Data: {', '.join(real) or 'no run'} on real data; {SYNTHETIC_MARK} = synthetic ({', '.join(synthetic)}): "
+        f"Data: {', '.join(real) or 'no row on real data'}; {SYNTHETIC_MARK} = trained on {', '.join(synthetic)}: "
         "such numbers say nothing about the real dataset." if synthetic else
-        f"Data: {', '.join(real) or 'no run yet'}; no row trained on synthetic data.",
+        f"Data: {', '.join(real) + ' for every row shown' if real else 'no run yet'}; none on synthetic data.",
         f"{layout.value}: the selected checkpoint (`{selected}` at `{contract.SELECTED_EPOCH}`, best by the last "
         f"pass's monitor); {BEST_MARK} = a run older than that summary: `{best}` at `{contract.BEST_EPOCH}`.",
         f"vs majority, vs probe: the lift over the majority-class and linear-probe reference runs on the same split "

@@ -33,7 +33,7 @@ from harness.ledger import Iteration, flatten
 from harness.records import (
     EXPERIMENT_KIND_TRAINING, FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME,
     RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION,
-    TAG_KIND, TAG_PASS, UNFINISHED, Decision, MetricPoint, RunRecord,
+    TAG_KIND, TAG_PASS, TAG_REFERENCE, TAG_SPLIT, UNFINISHED, Decision, MetricPoint, RunRecord,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -105,6 +105,11 @@ def _record(run) -> RunRecord:
                      start_time=run.info.start_time, end_time=run.info.end_time, tags=dict(run.data.tags),
                      metrics=dict(run.data.metrics), params=dict(run.data.params),
                      steps={m.key: m.step for m in run.data.to_proto().metrics})
+
+
+def _quoted(value: str) -> str:
+    """A value inside a single-quoted search_runs filter string."""
+    return value.replace("'", "\\'")
 
 
 def _now() -> int:
@@ -202,6 +207,15 @@ class Store:
         found = self._search(experiment, query, max_results=1)
         return _record(found[0]) if found else None
 
+    def references(self, experiment: str, split: str) -> dict[str, RunRecord]:
+        """reference name -> its newest finished run on the validation images `split` names."""
+        query = (f"tags.`{TAG_KIND}` = '{KIND_REFERENCE}' and tags.`{TAG_SPLIT}` = '{_quoted(split)}' "
+                 f"and attributes.status = '{FINISHED}'")
+        found = {}
+        for run in self._search(experiment, query):
+            found.setdefault(run.data.tags.get(TAG_REFERENCE), _record(run))
+        return found
+
     def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
         """Every logged value of a metric, by step."""
         history = self._client.get_metric_history(run_id, key)
@@ -271,6 +285,25 @@ def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict,
     for start in range(0, len(points), 1000):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=points[start:start + 1000])
     client.log_figure(run_id, figure, "lr_find.png")
+    client.set_terminated(run_id, FINISHED)
+    return run_id
+
+
+def log_reference(store: Store, experiment: str, reference: str, dataset: str, tags: dict, summary: dict,
+                  params: dict) -> str:
+    """A `reference/<name>` run (harness.reference): its settings as params, its scores under the
+    selected-checkpoint names, and each head's val accuracy at step 0 so the UI's comparison of
+    `val_gender_acc` shows it beside the iterations."""
+    client = MlflowClient(tracking_uri=store.uri)
+    run_id = client.create_run(store.experiment_id(experiment), run_name=f"reference/{reference}",
+                               tags={TAG_KIND: KIND_REFERENCE, TAG_REFERENCE: reference, **git_tags(), **tags}
+                               ).info.run_id
+    now = _now()
+    client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+    values = {**summary, **{metrics.val_acc(dataset, head): metrics.selected_value(summary, dataset, head)
+                            for head in metrics.heads_of(dataset)}}
+    points = [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None]
+    client.log_batch(run_id, metrics=points)
     client.set_terminated(run_id, FINISHED)
     return run_id
 
@@ -370,11 +403,13 @@ class RunTracker:
             self._log_metrics(child, summary)
         self._client.set_terminated(child, FINISHED)
 
-    def finish(self, history: list[dict], results: list, final_checkpoint: Optional[Path]) -> dict:
-        """Summary metrics, curves, the final checkpoint; status FINISHED. Returns the summary."""
+    def finish(self, history: list[dict], results: list, final_checkpoint: Optional[Path],
+               selected: Optional[dict] = None) -> dict:
+        """Summary metrics (the per-epoch bests, and `selected`: the selected checkpoint's
+        scores), curves, the selected checkpoint; status FINISHED. Returns the summary."""
         from harness import plots
 
-        summary = metrics.summarize(history, self.iteration.data.name)
+        summary = {**metrics.summarize(history, self.iteration.data.name), **(selected or {})}
         self._log_metrics(self.run_id, summary)
         figure = plots.training_curves(history, self.iteration.data.name, title=self.iteration.name)
         self._client.log_figure(self.run_id, figure, "plots/training_curves.png")

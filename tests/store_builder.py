@@ -50,6 +50,11 @@ BASE_BACC = {h: 0.50 + 0.01 * i for i, h in enumerate(HEADS)}
 BASE_MEAN_BACC = 0.5321
 FIRST_BEST = {h: 0.55 + 0.02 * i for i, h in enumerate(HEADS)}
 MAJORITY_A, PROBE_A, MAJORITY_C = 0.5560, 0.6012, 0.5000
+# harness.split tags as harness.data.split.split_key writes them: A and C the real subset under two
+# seeds, B a small synthetic set.
+SPLIT_A = "hvc 0123456789ab 6000 rows, val 0.15 seed 1"
+SPLIT_B = "hvc ba9876543210 64 rows, val 0.15 seed 1"
+SPLIT_C = "hvc 0123456789ab 6000 rows, val 0.15 seed 42"
 
 
 def history(epochs: int, seed: float) -> list[dict]:
@@ -89,18 +94,18 @@ def build(folder: Path) -> dict:
                     "trainable_params": 12000, "selected_epoch": 1, "selected_val_mean_bacc": BASE_MEAN_BACC}
     base_summary |= {f"selected_val_{h}_acc": v for h, v in BASE_SELECTED.items()}
     base_summary |= {f"selected_val_{h}_bacc": v for h, v in BASE_BACC.items()}
-    ids = {"base": run("base", tags("split-a", False, "/data/hvc"), history(2, 0.0), base_summary, start=60_000)}
+    ids = {"base": run("base", tags(SPLIT_A, False, "/data/hvc"), history(2, 0.0), base_summary, start=60_000)}
     first_summary = {f"best_val_{h}_acc": v for h, v in FIRST_BEST.items()}
     first_summary |= {"best_epoch": 2, "mean_epoch_seconds": 4.0, "total_params": 23456, "trainable_params": 23000}
-    ids["first"] = run("first", tags("split-b", True, "/tmp/hvc-synth"), history(2, 0.1), first_summary,
+    ids["first"] = run("first", tags(SPLIT_B, True, "/tmp/hvc-synth"), history(2, 0.1), first_summary,
                        start=120_000)
-    ids["first-failed"] = run("first", tags("split-b", True, "/tmp/hvc-synth"), history(1, 0.2), {},
+    ids["first-failed"] = run("first", tags(SPLIT_B, True, "/tmp/hvc-synth"), history(1, 0.2), {},
                               status="FAILED", start=180_000)
-    ids["second-killed"] = run("second", tags("split-a", False, "/data/hvc"), history(1, 0.0), {}, status="KILLED",
+    ids["second-killed"] = run("second", tags(SPLIT_A, False, "/data/hvc"), history(1, 0.0), {}, status="KILLED",
                                start=240_000)
-    for role, kind, split, value, start in (("majority-a", "majority", "split-a", MAJORITY_A, 10_000),
-                                            ("probe-a", "linear-probe", "split-a", PROBE_A, 20_000),
-                                            ("majority-c", "majority", "split-c", MAJORITY_C, 30_000)):
+    for role, kind, split, value, start in (("majority-a", "majority", SPLIT_A, MAJORITY_A, 10_000),
+                                            ("probe-a", "linear-probe", SPLIT_A, PROBE_A, 20_000),
+                                            ("majority-c", "majority", SPLIT_C, MAJORITY_C, 30_000)):
         named = book.resolve("base", "smoke").model_copy(update={"name": f"reference/{kind}"})
         reference_tags = tags(split, False, "/data/hvc") | {records.TAG_KIND: records.KIND_REFERENCE,
                                                             records.TAG_REFERENCE: kind}

@@ -111,7 +111,7 @@ def build_smoke_store(tmp_path_factory) -> dict:
         lines = []
         code = run_iteration(book, name, profile="smoke", data_dir=str(data), tracking_uri=uri, log=lines.append)
         assert code == 0, lines
-        run_ids[name] = re.search(r"run ([0-9a-f]{32})", lines[-1]).group(1)
+        run_ids[name] = re.search(r"run ([0-9a-f]{32})", "\n".join(lines)).group(1)
     path.write_text(LEDGER_V2)
     _SMOKE.update(folder=folder, uri=uri, runs=run_ids, experiment=book.experiment)
     return _SMOKE
@@ -170,6 +170,8 @@ def expected_cells(run, reported: float | None) -> dict:
         "Started (UTC)": (datetime.fromtimestamp(run.start_time / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
                           "<start>"),
     }
+    if run.tags.get("harness.split"):  # names the generated data's fingerprint
+        cells["Split"] = (run.tags["harness.split"], "<split>")
     if reported is not None:
         cells["vs reported"] = (f"{value - reported:+.4f}", "<val gender - reported>")
     return cells
@@ -257,7 +259,7 @@ def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
     assert "\n".join(table) in first.stdout
     assert readme.read_text().startswith("# A project\n\nIntro text that must survive.\n\n<!-- results:start -->\n")
     assert readme.read_text().endswith("<!-- results:end -->\n\n## Afterwards\n\nMore text.\n")
-    assert "† = synthetic" in block  # the data the rows trained on, where a reader sees it
+    assert "† = trained on hvc synthetic" in block  # the data the rows trained on, where a reader sees it
 
     png = (folder / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000

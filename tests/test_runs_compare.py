@@ -38,7 +38,7 @@ def test_runs_lists_every_run_with_its_state(records_store):
     row = {role: next(line for line in lines if line.startswith(run_id[:8])) for role, run_id in ids.items()}
     assert row["base"].split()[1:4] == ["base", "finished", "smoke"]
     assert f"{BASE_SELECTED['gender']:.4f} @ 1" in row["base"] and " 2/2 " in row["base"]
-    assert f"{FIRST_BEST['gender']:.4f} @ 2‡" in row["first"] and "hvc-synth†" in row["first"]
+    assert f"{FIRST_BEST['gender']:.4f} @ 2‡" in row["first"] and "hvc synthetic (64 images)†" in row["first"]
     assert row["first-failed"].split()[1:3] == ["first", "failed"]
     assert row["second-killed"].split()[1:3] == ["second", "killed"] and " 1/4 " in row["second-killed"]
     assert row["majority-a"].split()[1] == "reference/majority"

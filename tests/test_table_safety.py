@@ -13,7 +13,8 @@ import pytest
 from harness import committed, ledger, report
 from harness.cli import main
 
-from store_builder import BASE_BACC, BASE_MEAN_BACC, BASE_SELECTED, FIRST_BEST, MAJORITY_A, MAJORITY_C, PROBE_A, T0
+from store_builder import (BASE_BACC, BASE_MEAN_BACC, BASE_SELECTED, FIRST_BEST, MAJORITY_A, MAJORITY_C, PROBE_A,
+                           SPLIT_A, SPLIT_C, T0)
 
 README = "# Project\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nAfter.\n"
 
@@ -52,15 +53,16 @@ def test_selected_checkpoint_lifts_on_the_same_split_and_reference_rows(records_
     assert second["Val gender (epoch)"] == "not run"  # only a KILLED run
     refs = [r for r in found["Iterations"].rows if r["#"] == "ref"]
     assert {(r["Iteration"], r["Split"], r["Val gender (epoch)"]) for r in refs} == {
-        ("majority", "split-a", f"{MAJORITY_A:.4f}"), ("linear probe", "split-a", f"{PROBE_A:.4f}"),
-        ("majority", "split-c", f"{MAJORITY_C:.4f}")}
+        ("majority", SPLIT_A, f"{MAJORITY_A:.4f}"), ("linear probe", SPLIT_A, f"{PROBE_A:.4f}"),
+        ("majority", SPLIT_C, f"{MAJORITY_C:.4f}")}
+    assert base["Data"] == "hvc real (6,000 images)" and first["Data"] == "hvc synthetic (64 images)"
     accs = found["Validation accuracy per head"].by_iteration()
     baccs = found["Balanced accuracy per head"].by_iteration()
     assert accs["base"]["pose"] == f"{BASE_SELECTED['pose']:.4f}" and accs["first"]["age"] == f"{FIRST_BEST['age']:.4f}"
     assert baccs["base"]["emotion"] == f"{BASE_BACC['emotion']:.4f}" and baccs["base"]["mean"] == f"{BASE_MEAN_BACC:.4f}"
     assert baccs["first"]["gender"] == ""  # no balanced accuracy before the selected checkpoint
     block = (project / "README.md").read_text()
-    assert "base, " not in block and "Data: hvc on real data; † = synthetic (hvc-synth)" in block
+    assert "base, " not in block and "Data: hvc real (6,000 images); † = trained on hvc synthetic (64 images)" in block
     assert max(len(line.encode()) for line in block.splitlines()) <= report.README_WIDTH
 
 
