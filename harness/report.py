@@ -434,6 +434,29 @@ def build(book: ledger_mod.Ledger, rows: list[Row], refs: dict) -> Tables:
 # Cells that come from the ledger, not from a run: a committed row written before a column
 # existed gets the ledger's cell for it.
 LEDGER_COLUMNS = {"Iteration", "Architecture", "Freeze", "Batch", "Epochs", "Changes vs parent", "Remark"}
+# Cells that describe the ledger as written, not the run: always today's (the short changes).
+WRITTEN_COLUMNS = {"Iteration", "Changes vs parent", "Remark"}
+
+
+def from_legacy(cells: dict, layout: Layout) -> tuple[dict, dict]:
+    """A committed row of the one wide table written before this layout (`Best val gender acc
+    (epoch)`, `Total params`, `val age`, ...): its cells under today's names, and its per-head
+    accuracies, so a fresh clone keeps its numbers. A row in today's layout comes back as it is."""
+    main, accs = dict(cells), {}
+    old_value = next((c for c in cells if c.startswith("Best val") and c.endswith("(epoch)")), None)
+    if old_value is None:
+        return main, accs
+    main.setdefault(layout.value, cells[old_value])
+    if cells.get("Total params"):
+        main.setdefault("Total/trainable", f"{cells['Total params']}/{cells.get('Trainable params', '')}")
+    old_lift = next((c for c in cells if "lift vs majority" in c.lower()), None)
+    if old_lift and cells[old_lift]:
+        main.setdefault("vs majority", cells[old_lift] + RATE_MARK)  # it was taken against the catalog's rate
+    accs = {head: cells[f"val {head}"] for head in layout.heads if cells.get(f"val {head}")}
+    value = cells[old_value].split(" ")[0]
+    if value and value != NOT_RUN.split(" ")[0]:
+        accs[layout.main] = value
+    return main, accs
 
 
 def merge_committed(tables: Tables, previous: list[committed.Table], rows: list[Row], known: Callable) -> Tables:
@@ -445,6 +468,11 @@ def merge_committed(tables: Tables, previous: list[committed.Table], rows: list[
     if main_table is None:
         return tables
     by_table = [t.rows if t else [] for t in (main_table, found.get(ACC_HEADING), found.get(BACC_HEADING))]
+    legacy = [from_legacy(r, tables.layout) for r in by_table[0]]
+    by_table[0] = [main for main, _ in legacy]
+    if not by_table[1]:  # the wide table held the per-head accuracies itself
+        by_table[1] = [accs | {"#": r.get("#", ""), "Iteration": r.get("Iteration", "")}
+                       for r, (_, accs) in zip(by_table[0], legacy)]
     old = [{r.get("Iteration"): r for r in rows_ if r.get("#") != "ref"} for rows_ in by_table]
     old_refs = [[r for r in rows_ if r.get("#") == "ref"] for rows_ in by_table]
     run_of = lambda cells: cells.get("Run", "").split(" ")[0]  # noqa: E731  ("id stale" -> id)
@@ -458,8 +486,10 @@ def merge_committed(tables: Tables, previous: list[committed.Table], rows: list[
         tables.kept.add(row.name)
         for target, cells in zip(targets, (before, old[1].get(row.name, {}), old[2].get(row.name, {}))):
             fresh = target[index]
-            target[index] = {column: cells.get(column, fresh[column] if column in LEDGER_COLUMNS else "")
+            target[index] = {column: fresh[column] if column in WRITTEN_COLUMNS else
+                             cells.get(column, fresh[column] if column in LEDGER_COLUMNS else "")
                              for column in fresh} | {"#": str(row.number)}
+        _mark_synthetic(tables.main[index], tables.layout.value)
     shown = {(r["Iteration"], r.get("Split", "")) for r in tables.main if r["#"] == "ref"}
     for i, cells in enumerate(old_refs[0]):
         if (cells.get("Iteration"), cells.get("Split", "")) in shown or not run_of(cells) or run_of(cells) in holds:
@@ -469,6 +499,14 @@ def merge_committed(tables: Tables, previous: list[committed.Table], rows: list[
             before = rows_[i] if i < len(rows_) else {}
             target.append({column: before.get(column, "") for column in target[0]})
     return tables
+
+
+def _mark_synthetic(cells: dict, value_column: str) -> None:
+    """A committed row written before synthetic rows were marked: its Data names the generated
+    set ('hvc-synth'), so its number gets the mark too and never passes for a real one."""
+    value = cells.get(value_column, "")
+    if "synth" in cells.get("Data", "").lower() and value and value != NOT_RUN and SYNTHETIC_MARK not in value:
+        cells[value_column] = value + SYNTHETIC_MARK
 
 
 # --------------------------------------------------------------------------- markdown

@@ -140,3 +140,40 @@ def test_committed_rows_parse_back_and_keep_only_unknown_runs():
     assert committed.keeps("r1", started, T0 + 60_000, known=False) is False
     assert committed.keeps("r1", started, None, known=True) is False  # the store's to decide
     assert committed.keeps("", started, None, known=False) is False  # "not run" is never kept
+
+
+LEGACY = """\
+# Results: person-attributes
+
+|   # | Iteration | Architecture | Total params | Trainable params | Freeze | Batch (train/val) | Epochs | \
+Best val gender acc (epoch) | val image_quality | val age | val weight | val bag | val footwear | val pose | val emotion | \
+Gender lift vs majority (0.556) | s/epoch | Changes vs parent | Reported gender | vs reported | Remark | Run | Profile | Data |
+|----:|:--|:--|--:|--:|:--|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:--|--:|--:|:--|:--|:--|:--|
+| 1 | base | vgg16 + flatten-512 | 16,292,571 | 1,577,883 | backbone | 32/64 | 10 | 0.5688 @ 1 | 0.5829 | 0.4112 | \
+0.6324 | 0.5841 | 0.4424 | 0.6276 | 0.7324 | +0.0128 | 0.9 | data.validate_on_train: true -> false | 0.6248 | -0.0560 | \
+old remark | 07a10551 | cpu | hvc-synth |
+| 2 | first | vgg16 + flatten-512 | | | backbone | 32/64 | 10 | not run | | | | | | | | | | (root) | | | | | | |
+"""
+
+
+def test_a_fresh_clone_keeps_rows_of_the_older_wide_table(project, tmp_path_factory, capsys):
+    """experiments/RESULTS.md as committed before this layout (one wide table, 8-character run
+    ids, no synthetic mark): an empty store keeps its numbers under today's columns, marks the
+    synthetic row, and the README block fits."""
+    (project / "experiments").mkdir()
+    (project / "experiments" / "RESULTS.md").write_text(LEGACY)
+    empty = f"sqlite:///{tmp_path_factory.mktemp('legacy')}/none/mlflow.db"
+    assert table("--tracking-uri", empty) == 0
+    assert "kept 1 committed row(s)" in capsys.readouterr().out
+    found = tables_of(project / "experiments" / "RESULTS.md")
+    base = found["Iterations"].by_iteration()["base"]
+    assert base["Val gender (epoch)"] == "0.5688 @ 1†" and base["vs majority"] == "+0.0128°"
+    assert base["Total/trainable"] == "16,292,571/1,577,883" and base["Run"] == "07a10551"
+    assert base["Changes vs parent"] == "(root)" and base["Remark"] == "The root."  # the ledger's, not the old text
+    accs = found["Validation accuracy per head"].by_iteration()["base"]
+    assert accs["gender"] == "0.5688" and accs["age"] == "0.4112" and accs["emotion"] == "0.7324"
+    assert found["Iterations"].by_iteration()["first"]["Val gender (epoch)"] == "not run"
+    block = (project / "README.md").read_text()
+    assert "16.3M/1.58M" in block
+    assert "Data: no row on real data; † = trained on hvc-synth" in block
+    assert max(len(line.encode()) for line in block.splitlines()) <= report.README_WIDTH
