@@ -64,6 +64,16 @@ def test_show_and_list_across_ledgers():
         ledger.load(REPO / "experiments" / "cifar10_resnet20.yaml").names
     missing = harness("show", "twelfth")
     assert missing.returncode == 2 and "did you mean" in missing.stderr
+    # Into a pipe whose reader has gone (`| head -1` after its line): no BrokenPipeError traceback.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        closed = subprocess.run([sys.executable, "-m", "harness.cli", "list", "--all"], cwd=REPO, text=True,
+                                stdout=write_end, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                timeout=60)
+    finally:
+        os.close(write_end)
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed.stderr
 
 
 # --------------------------------------------------------------------------- quiet by default
