@@ -5,29 +5,39 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
-LEDGER ?= runs.yaml
+LEDGER ?=
+SETUP_LOG := $(VENV)/setup.log
 ITER   ?=
 PROFILE ?=
 DATA   ?=
 RAY    ?=
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-RUN_FLAGS = --ledger $(LEDGER) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA))
+LEDGER_FLAG = $(if $(LEDGER),--ledger $(LEDGER))
+RUN_FLAGS = $(LEDGER_FLAG) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA))
+# A set-up step with its output in $(SETUP_LOG); on failure, the log's last lines.
+quietly = $(1) >> $(SETUP_LOG) 2>&1 || { echo "setup: failed; the end of $(SETUP_LOG):"; tail -n 30 $(SETUP_LOG); exit 1; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run all table ui test bench lr-find validate list clean-venv
+.PHONY: help setup run all table ui test test-fast bench lr-find validate list clean-venv
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: ITER=name  PROFILE=full|cpu|smoke  DATA=dir  LEDGER=file  GPU=1 (setup with CUDA TensorFlow)  RAY=auto|HOST:PORT (make all on Ray)"
+	@echo "  Variables: ITER=name  PROFILE=full|cpu|smoke  DATA=dir  LEDGER=file (default: runs.yaml, else the"
+	@echo "             experiments/*.yaml that has ITER)  GPU=1 (setup with CUDA TensorFlow)  RAY=auto|HOST:PORT (make all on Ray)"
 
 setup: $(STAMP) ## Create .venv and install the harness with its pinned dependencies (runs once)
 
 $(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,sweep,cluster$(if $(GPU),$(comma)gpu)]'
+	@mkdir -p $(VENV) && : > $(SETUP_LOG)
+	@echo "setup: 1/3 creating $(VENV) with $(PYTHON) (pip's output goes to $(SETUP_LOG))"
+	@$(call quietly,$(PYTHON) -m venv $(VENV))
+	@echo "setup: 2/3 upgrading pip"
+	@$(call quietly,$(BIN)/pip install --upgrade pip)
+	@echo "setup: 3/3 installing the harness and its pinned dependencies$(if $(GPU), with CUDA TensorFlow) (minutes)"
+	@$(call quietly,$(BIN)/pip install -e '.[dev,sweep,cluster$(if $(GPU),$(comma)gpu)]')
 	@touch $(STAMP)
+	@echo "setup: done"
 
 comma := ,
 
@@ -38,14 +48,14 @@ run: setup ## Train one iteration: make run ITER=eleventh [PROFILE=..] [DATA=..]
 all: setup ## Train every iteration in ledger order, skipping those already finished with the same config; RAY=auto|ADDRESS: all at once on Ray
 	$(BIN)/harness run --all $(RUN_FLAGS) $(if $(RAY),--ray $(RAY))
 
-list: setup ## List the ledger's iterations
-	@$(BIN)/harness list --ledger $(LEDGER)
+list: setup ## List every ledger's iterations, grouped (LEDGER=file: that ledger only)
+	@$(BIN)/harness list $(if $(LEDGER),--ledger $(LEDGER),--all)
 
 validate: setup ## Check every iteration of the ledger
-	@$(BIN)/harness validate --ledger $(LEDGER)
+	@$(BIN)/harness validate $(LEDGER_FLAG)
 
-table: setup ## Regenerate the results table from MLflow
-	$(BIN)/harness table --ledger $(LEDGER)
+table: setup ## Regenerate the results table from MLflow (committed rows the store lacks are kept)
+	$(BIN)/harness table $(LEDGER_FLAG)
 
 ui: setup ## Open the MLflow UI over mlruns/ (prints the URL)
 	$(BIN)/harness ui
@@ -54,8 +64,11 @@ lr-find: setup ## LR range test: make lr-find ITER=second
 	@test -n "$(ITER)" || { echo "usage: make lr-find ITER=name"; exit 2; }
 	$(BIN)/harness lr-find $(ITER) $(RUN_FLAGS)
 
-test: setup ## Run the test suite (real TensorFlow and MLflow on CPU, tiny data)
+test: setup ## Run the whole test suite (real TensorFlow, MLflow and Chromium on CPU; ~12 min on 2 cores)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## The tests not marked slow (the inner loop, ~2 min on 2 cores)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup ## Run the benchmarks in bench/ and print one markdown table
 	$(BIN)/python -m bench.run_all

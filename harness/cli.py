@@ -16,9 +16,16 @@ from harness.settings import DEFAULT_LEDGER, DEFAULT_TRACKING_URI, DEFAULT_WORK_
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _ledger(args):
+def _ledger(args, name=None):
+    """The ledger a command reads: --ledger, else the one holding iteration `name`
+    (harness.ledgers.locate: runs.yaml first, then experiments/*.yaml), else runs.yaml."""
     from harness import ledger
+    from harness.ledgers import locate
 
+    found = locate(name, args.ledger) if name else None
+    if found and found.message:
+        print(found.message)
+    args.ledger = found.path if found else (args.ledger or DEFAULT_LEDGER)
     return ledger.load(args.ledger)
 
 
@@ -26,6 +33,18 @@ def _ledger(args):
 
 
 def cmd_list(args) -> int:
+    if args.every:
+        from harness.ledgers import all_ledgers
+
+        for index, path in enumerate(all_ledgers()):
+            args.ledger = str(path)
+            print(("" if index == 0 else "\n") + f"== {path} (experiment {_ledger(args).experiment})")
+            _list_one(args)
+        return 0
+    return _list_one(args)
+
+
+def _list_one(args) -> int:
     book = _ledger(args)
     width = max(len(n) for n in book.names)
     for name in book.names:
@@ -38,7 +57,7 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from harness import ledger
 
-    book = _ledger(args)
+    book = _ledger(args, args.iteration)
     iteration = book.resolve(args.iteration, args.profile)
     print(iteration.to_yaml(), end="")
     if iteration.extends is None:
@@ -63,13 +82,23 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from harness.launch import run_iteration
 
-    book = _ledger(args)
+    from harness import ledger
+    from harness.ledgers import locate_all
+
     if args.all and args.iterations:
         raise _usage("give iteration names or --all, not both")
     if not args.all and not args.iterations:
         raise _usage("name at least one iteration (see `harness list`) or give --all")
-    names = book.names if args.all else args.iterations
-    for name in names:
+    if args.all:
+        book = _ledger(args)
+        plan = [(name, book) for name in book.names]
+    else:
+        plan = []
+        for name, found in locate_all(args.iterations, args.ledger):
+            if found.message:
+                print(found.message)
+            plan.append((name, ledger.load(found.path)))
+    for name, book in plan:
         book.resolve(name)  # every name checked before anything trains
     if args.ray is not None:
         from harness.parallel import run_parallel
@@ -78,7 +107,7 @@ def cmd_run(args) -> int:
                             tracking_uri=args.tracking_uri, work_dir=args.work_dir,
                             skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit)
     code = 0
-    for name in names:
+    for name, book in plan:
         code = run_iteration(
             book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
             work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit,
@@ -91,7 +120,7 @@ def cmd_eval(args) -> int:
 
     from harness.launch import evaluate_iteration
 
-    book = _ledger(args)
+    book = _ledger(args, args.iteration)
     result = evaluate_iteration(book, args.iteration, data_dir=args.data, tracking_uri=args.tracking_uri,
                                 work_dir=args.work_dir, log_to_run=args.log)
     scored = f"{args.iteration}: run {result['run_id'][:8]} (profile {result['profile']}), selected checkpoint, " \
@@ -111,7 +140,7 @@ def cmd_eval(args) -> int:
 def cmd_params(args) -> int:
     from harness.models import build_model, count_params
 
-    book = _ledger(args)
+    book = _ledger(args, args.iteration)
     iteration = book.resolve(args.iteration, args.profile)
     total, trainable, frozen = count_params(build_model(iteration))
     print(f"{iteration.name} ({iteration.backbone.name}, {iteration.data.image_size} px, "
@@ -138,20 +167,41 @@ def cmd_table(args) -> int:
     from harness.report import run_table
 
     book = _ledger(args)
-    return run_table(book, args.ledger, out=args.out, readme=args.readme, no_readme=args.no_readme,
-                     plot_path=args.plot, tracking_uri=args.tracking_uri)
+    return run_table(book, args.ledger, out=args.out, fmt=args.format, rebuild=args.rebuild, readme=args.readme,
+                     no_readme=args.no_readme, plot_path=args.plot, tracking_uri=args.tracking_uri)
+
+
+def cmd_runs(args) -> int:
+    from harness.runs_view import run_list
+
+    book = _ledger(args, args.iteration)
+    return run_list(book, args.iteration, tracking_uri=args.tracking_uri, as_json=args.json)
+
+
+def cmd_compare(args) -> int:
+    from harness.compare import compare_runs
+
+    book = _ledger(args)
+    return compare_runs(book, args.runs, tracking_uri=args.tracking_uri, as_json=args.json)
 
 
 def cmd_ui(args) -> int:
+    from harness.errors import InputError
+    from harness.metrics import val_acc
     from harness.ui import serve
 
-    return serve(args.tracking_uri, host=args.host, port=args.port)
+    try:  # the ledger only names the experiment whose runs page to print; the UI works without one
+        book = _ledger(args)
+        experiment, sort_by = book.experiment, val_acc(book.resolve(book.names[0]).data.name)
+    except InputError:
+        experiment, sort_by = None, None
+    return serve(args.tracking_uri, host=args.host, port=args.port, experiment=experiment, sort_by=sort_by)
 
 
 def cmd_lr_find(args) -> int:
     from harness.launch import lr_find_iteration
 
-    lr_find_iteration(_ledger(args), args.iteration, profile=args.profile, data_dir=args.data,
+    lr_find_iteration(_ledger(args, args.iteration), args.iteration, profile=args.profile, data_dir=args.data,
                       tracking_uri=args.tracking_uri, work_dir=args.work_dir, min_lr=args.min, max_lr=args.max,
                       steps=args.steps, out=args.out, limit=args.limit)
     return 0
@@ -201,8 +251,8 @@ def _usage(message: str):
 
 
 def _add_ledger(parser):
-    parser.add_argument("--ledger", default=DEFAULT_LEDGER, metavar="PATH",
-                        help=f"ledger file (default {DEFAULT_LEDGER})")
+    parser.add_argument("--ledger", default=None, metavar="PATH",
+                        help=f"ledger file (default {DEFAULT_LEDGER}; an ITER it lacks is looked up in experiments/*.yaml)")
 
 
 def _add_tracking(parser):
@@ -231,10 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harness",
         description="Train the iterations of a YAML ledger and track them in MLflow.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' INFO lines and deprecation warnings (quiet by default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("list", help="one line per iteration, in ledger order")
     _add_ledger(p)
+    p.add_argument("--all", dest="every", action="store_true", help="every ledger (runs.yaml, experiments/*.yaml), grouped")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="the fully resolved iteration as YAML, then its changes vs its parent")
@@ -335,24 +388,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", default=None, metavar="FILE",
                    help="README whose results block to refresh (default README.md, for runs.yaml only)")
     p.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    p.add_argument("--format", default="md", choices=("md", "csv", "json"),
+                   help="md (default): the tables; csv, json: the store's rows with raw numbers, to stdout or --out")
+    p.add_argument("--rebuild", action="store_true",
+                   help="from the store alone (default: committed rows whose runs the store lacks are kept)")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="also draw best val accuracy per head for each iteration, with majority rates")
     _add_tracking(p)
     p.set_defaults(func=cmd_table)
 
+    p = sub.add_parser("runs", help="every run of the experiment (or of ITER): status, data, profile, accuracy, time")
+    p.add_argument("iteration", nargs="?", metavar="ITER")
+    _add_ledger(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per run")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("compare", help="runs side by side: config diff, per-head accuracy and balanced accuracy")
+    p.add_argument("runs", nargs="+", metavar="ITER_OR_RUN", help="iterations (their latest runs) or run ids")
+    _add_ledger(p)
+    p.add_argument("--json", action="store_true", help="the comparison as one JSON object")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("ui", help="the MLflow UI over the project's store (prints the URL to open)")
+    _add_ledger(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     _add_tracking(p)
     p.set_defaults(func=cmd_ui)
 
+    for command in sub.choices.values():  # -v after the command too: `harness run x -v`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show the libraries' INFO lines and deprecation warnings")
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from harness import quiet
     from harness.errors import InputError
+
+    quiet.configure(args.verbose)
 
     try:
         return args.func(args)
@@ -363,6 +441,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `harness list --all | head`: the reader had enough; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit too
+        return 0
 
 
 if __name__ == "__main__":

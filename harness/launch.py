@@ -20,7 +20,7 @@ from harness import ledger, metrics
 from harness.errors import InputError
 from harness.profiles import announcement
 from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
-                             Decision, RunRecord)
+                             TAG_SYNTHETIC, Decision, RunRecord)
 
 
 def gpu_visible() -> bool:
@@ -86,6 +86,7 @@ class Prepared:
 
     def __init__(self, book, iteration, profile, table, parts, data_dir):
         from harness.data.split import split_key
+        from harness.data.synth import is_synthetic
 
         self.iteration, self.profile, self.table, self.parts = iteration, profile, table, parts
         self.data_dir = data_dir
@@ -96,6 +97,7 @@ class Prepared:
             TAG_PROFILE: profile,
             TAG_DATA: str(getattr(table, "fingerprint", "")),
             TAG_DATA_DIR: str(getattr(table, "folder", data_dir or "")),
+            TAG_SYNTHETIC: str(is_synthetic(table)).lower(),  # the table marks such runs' numbers
             TAG_SPLIT: self.split_key,
         }
 

@@ -22,6 +22,7 @@ TAG_PROFILE = "harness.profile"  # full, cpu, smoke
 TAG_DATA = "harness.data"  # the data fingerprint
 TAG_DATA_DIR = "harness.data_dir"  # the data folder (or source)
 TAG_PASS = "harness.pass"  # a child run's 0-based pass index
+TAG_SYNTHETIC = "harness.synthetic"  # "true" when the run trained on generated data
 TAG_FAILURE_REASON = "harness.failure_reason"
 TAG_GIT_DIRTY = "harness.git_dirty"
 # Reference runs (`harness reference`): which reference, and the split every run that can be
@@ -35,6 +36,11 @@ TAG_STORAGE = "harness.storage"  # the Optuna storage URL, password removed
 TAG_TRIAL = "harness.trial"  # the Optuna trial number a trial run belongs to
 TAG_RETRY_OF = "harness.retry_of"  # the trial a killed worker left, which this run resumes
 TAG_PRUNED = "harness.pruned"  # "true" on a trial run the pruner stopped (status KILLED)
+
+# MLflow's own experiment tag: the UI opens an experiment tagged custom_model_development on its
+# runs table instead of the GenAI overview (harness.tracking tags every experiment it creates).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 KIND_ITERATION = "iteration"
 KIND_PASS = "pass"
@@ -68,6 +74,7 @@ class RunRecord:
     tags: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    steps: dict = field(default_factory=dict)  # metric -> the step of its latest value
 
     @property
     def finished(self) -> bool:

@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from harness import metrics
 from harness.records import (REFERENCE_LINEAR_PROBE, REFERENCE_MAJORITY, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER,
-                             TAG_PROFILE, TAG_SPLIT)
+                             TAG_PROFILE, TAG_SPLIT, TAG_SYNTHETIC)
 
 PROBE_SIZE = 32  # pixels a side
 PROBE_COMPONENTS = 200
@@ -130,6 +130,7 @@ def run_references(book, *, data_dir: Optional[str] = None, profile: Optional[st
     """Fit and log both references for every split of the ledger; returns the run ids."""
     from harness.data.source import open_dataset
     from harness.data.split import split, split_key
+    from harness.data.synth import is_synthetic
     from harness.tracking import Store, log_reference
 
     tables, work = {}, []
@@ -148,7 +149,8 @@ def run_references(book, *, data_dir: Optional[str] = None, profile: Optional[st
         dataset = iteration.data.name
         features = (pixels(table, parts.train), pixels(table, parts.val))
         tags = {TAG_LEDGER: str(book.path), TAG_PROFILE: profile or "full", TAG_SPLIT: key,
-                TAG_DATA: str(table.fingerprint), TAG_DATA_DIR: str(getattr(table, "folder", "") or table.name)}
+                TAG_DATA: str(table.fingerprint), TAG_DATA_DIR: str(getattr(table, "folder", "") or table.name),
+                TAG_SYNTHETIC: str(is_synthetic(table)).lower()}  # the table marks such runs' numbers
         for reference in REFERENCES:
             result = fit(reference, table, parts, dataset, features)
             params = {**result.params, "val_fraction": iteration.data.val_fraction,

@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from mlflow.entities import Metric, Param, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness import metrics
 from harness.ledger import Iteration, flatten
 from harness.records import (
-    FAILED, FINISHED, KILLED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP,
-    TAG_CONFIG_SHA, TAG_EXTENDS, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_PASS, TAG_PRUNED,
-    TAG_REFERENCE, TAG_SPLIT, UNFINISHED, Decision, MetricPoint, RunRecord,
+    EXPERIMENT_KIND_TRAINING, FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME,
+    RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION,
+    TAG_KIND, TAG_PASS, TAG_PRUNED, TAG_REFERENCE, TAG_SPLIT, UNFINISHED, Decision, MetricPoint, RunRecord,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -76,7 +77,7 @@ def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str
     artifacts = artifact_root(uri).as_uri()
     return [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri,
+        "--backend-store-uri", uri, "--registry-store-uri", uri,  # the same store (and no notice saying so)
         "--default-artifact-root", artifacts,
         "--artifacts-destination", artifacts,
         "--serve-artifacts",
@@ -102,7 +103,8 @@ def git_tags(cwd: Optional[Path] = None) -> dict:
 def _record(run) -> RunRecord:
     return RunRecord(run_id=run.info.run_id, name=run.info.run_name, status=run.info.status,
                      start_time=run.info.start_time, end_time=run.info.end_time, tags=dict(run.data.tags),
-                     metrics=dict(run.data.metrics), params=dict(run.data.params))
+                     metrics=dict(run.data.metrics), params=dict(run.data.params),
+                     steps={m.key: m.step for m in run.data.to_proto().metrics})
 
 
 def _quoted(value: str) -> str:
@@ -147,8 +149,27 @@ class Store:
                 return None
             root = artifact_root(self.uri)
             self._experiments[name] = found.experiment_id if found is not None else self._client.create_experiment(
-                name, artifact_location=(root / name).as_uri() if root else None)
+                name, artifact_location=(root / name).as_uri() if root else None,
+                tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
+            if found is not None and TAG_EXPERIMENT_KIND not in found.tags:
+                self.mark_training(found.experiment_id)
         return self._experiments[name]
+
+    def mark_training(self, experiment_id: str) -> None:
+        """Tag an experiment as model training, so MLflow's UI opens it on the runs table rather
+        than on its GenAI overview (an experiment made before the harness tagged its own)."""
+        self._client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+
+    def mark_harness_experiments(self) -> list[str]:
+        """Tag every experiment holding harness runs that has no experiment kind yet; their names."""
+        marked = []
+        for experiment in self._client.search_experiments():
+            if TAG_EXPERIMENT_KIND in experiment.tags:
+                continue
+            if self._client.search_runs([experiment.experiment_id], f"tags.`{TAG_KIND}` LIKE '%'", max_results=1):
+                self.mark_training(experiment.experiment_id)
+                marked.append(experiment.name)
+        return marked
 
     # ---- reading
 
@@ -504,3 +525,39 @@ class RunReader:
         if self._store is None:
             return None
         return self._store.latest_finished(self.experiment, iteration, config_sha)
+
+    # The rest answers as harness.fast_store.SqliteReader does, through the MLflow client (REST
+    # for a server).
+
+    def runs(self, iteration: Optional[str] = None) -> list[RunRecord]:
+        """Parent runs of the experiment, newest first."""
+        return self._store.runs(self.experiment, iteration) if self._store is not None else []
+
+    def references(self) -> list[RunRecord]:
+        """Finished reference runs (`harness reference`), newest first."""
+        if self._store is None:
+            return []
+        query = f"tags.`{TAG_KIND}` = '{KIND_REFERENCE}' and attributes.status = '{FINISHED}'"
+        return [_record(run) for run in self._store._search(self.experiment, query)]
+
+    def known(self, run_ids: Iterable[str]) -> set[str]:
+        """The ids among `run_ids` of runs the store holds (deleted ones not)."""
+        found = set()
+        for run_id in dict.fromkeys(i for i in run_ids if i):
+            record = self.run(run_id) if self._store is not None else None
+            if record is not None and record.run_id == run_id:
+                found.add(run_id)
+        return found
+
+    def run(self, run_id: str) -> Optional[RunRecord]:
+        """The run with this id, or the only parent run of the experiment whose id starts with it."""
+        if self._store is None or not run_id:
+            return None
+        try:
+            run = self._store._client.get_run(run_id)
+            if run.info.lifecycle_stage == "active":
+                return _record(run)
+        except MlflowException:
+            pass
+        matches = [r for r in self.runs() + self.references() if r.run_id.startswith(run_id)]
+        return self._store.run(matches[0].run_id) if len(matches) == 1 else None

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Optional
 
 from harness.errors import InputError
@@ -26,6 +27,7 @@ from harness.metrics import val_acc
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 STARTUP_SECONDS = 120
+SERVER_LOG = "ui-server.log"  # beside the SQLite store, unless -v
 
 
 def port_free(host: str, port: int) -> bool:
@@ -57,19 +59,39 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = STARTUP_
     return False
 
 
+def runs_page(url: str, experiment_id: Optional[str], sort_by: Optional[str] = None) -> str:
+    """The UI's page of an experiment's runs table, best `sort_by` metric first (the UI's home
+    without an experiment). MLflow 3.17's runs table shows no metric column until one is picked
+    under Columns; the sort is what a URL can carry, and it puts the best run on top."""
+    if not experiment_id:
+        return url
+    page = f"{url}/#/experiments/{experiment_id}/runs"
+    return page + f"?orderByKey=metrics.%60{sort_by}%60&orderByAsc=false" if sort_by else page
+
+
 def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          log=print) -> int:
-    """Start the server, print its URL, wait until it ends (or this process is told to stop)."""
-    from harness.tracking import resolve_uri, server_command
+          log=print, experiment: Optional[str] = None, sort_by: Optional[str] = None) -> int:
+    """Start the server, print the URL of `experiment`'s runs page, wait until it ends (or this
+    process is told to stop). Experiments holding harness runs are tagged as model training
+    first, so the UI opens them on their runs table, not on the GenAI overview."""
+    from harness.quiet import is_verbose
+    from harness.tracking import Store, artifact_root, resolve_uri, server_command
 
     if not 0 < port < 65536:
         raise InputError(f"harness ui: --port {port} is not a TCP port")
     if not port_free(host, port):
         raise InputError(f"harness ui: {host}:{port} is already in use; pick another with --port")
     uri = resolve_uri(tracking_uri, create=True)
+    store = Store(uri)
+    store.mark_harness_experiments()
+    experiment_id = store.experiment_id(experiment, create=False) if experiment else None
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    # Quiet unless -v: the server's start-up notices and access lines go to a log file beside the
+    # store (its tail is printed if the server does not come up).
+    server_log = None if is_verbose() else open(artifact_root(uri).parent / SERVER_LOG, "w")
     # Its own process group, so that stopping it reaches uvicorn too, whatever happens to mlflow.
-    process = subprocess.Popen(server_command(uri, host, port), env=env, start_new_session=True)
+    process = subprocess.Popen(server_command(uri, host, port), env=env, start_new_session=True,
+                               stdout=server_log, stderr=subprocess.STDOUT if server_log else None)
     stopping: list[float] = []
 
     def stop(signum, _frame):
@@ -83,13 +105,20 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
     if not wait_until_up(url, process):
         stop(signal.SIGTERM, None)
         _reap(process, stopping)
-        log(f"harness ui: the MLflow server did not come up on {host}:{port} (see its output above)")
+        if server_log is not None:
+            server_log.close()
+            log("".join(Path(server_log.name).read_text().splitlines(keepends=True)[-20:]).rstrip("\n"))
+        log(f"harness ui: the MLflow server did not come up on {host}:{port} (its output is above)")
         return 1
     log(f"MLflow UI for {uri}")
-    log(f"open {url}  (pid {os.getpid()}; Ctrl-C stops it)")
+    log(f"open {runs_page(url, experiment_id, sort_by)}  (pid {os.getpid()}; Ctrl-C stops it)")
+    if experiment and experiment_id is None:
+        log(f"no experiment {experiment} in this store yet: train an iteration first (make run ITER=name)")
     log(f"compare iterations: pick the experiment, select runs, Compare, then the {val_acc('hvc')} chart")
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"note: bound to {host}: anyone who can reach this machine on port {port} can read the runs")
+    if server_log is not None:
+        log(f"server log: {server_log.name} (harness -v ui shows it here)")
     sys.stdout.flush()
     return _reap(process, stopping)
 

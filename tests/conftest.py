@@ -1,8 +1,63 @@
-"""Shared test settings."""
+"""Shared test settings.
+
+- Runs keep their checkpoints in a temporary work dir (HARNESS_WORK_DIR), never in mlruns/work.
+- The real 6,000-image hvc subset is found by itself: HARNESS_HVC_REAL, else ../shared/data/hvc
+  beside the checkout; the session header says which, and each real-data test that skips says why.
+- The session fails if it changed a tracked file of the repository (`git status --porcelain`
+  before and after): tests and benchmarks write only to temporary folders.
+- `records_store`: one real MLflow store of hand-made runs (tests/store_builder.py) for the
+  read-only commands.
+"""
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_ENV = "HARNESS_HVC_REAL"
+
+
+def _find_real_data() -> str:
+    """HARNESS_HVC_REAL, else ../shared/data/hvc (a shared/ beside the clone or the worktree), set
+    into the environment so every test module and subprocess sees it."""
+    if os.environ.get(REAL_ENV):
+        return os.environ[REAL_ENV]
+    for candidate in (REPO.parent / "shared" / "data" / "hvc", REPO.parent.parent / "shared" / "data" / "hvc"):
+        if (candidate / "hvc_annotations.csv").is_file():
+            os.environ[REAL_ENV] = str(candidate)
+            return str(candidate)
+    return ""
+
+
+REAL_DATA = _find_real_data()
+
+
+def pytest_report_header(config):
+    if REAL_DATA:
+        return f"real hvc subset: {REAL_DATA} (real-data tests run)"
+    return (f"real hvc subset: not found ({REAL_ENV} unset, no ../shared/data/hvc): "
+            "the real-data tests skip, each saying why")
+
+
+def _git_status() -> str:
+    try:
+        result = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout if result.returncode == 0 else ""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def tracked_files_untouched():
+    """Fails the session (at teardown) when a test changed, added or deleted a file git tracks or
+    would show (ignored outputs such as mlruns/ and data/ excepted)."""
+    before = _git_status()
+    yield
+    after = _git_status()
+    assert after == before, f"the tests changed the repository:\nbefore:\n{before}\nafter:\n{after}"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -17,3 +72,10 @@ def isolated_work_dir(tmp_path_factory):
         os.environ.pop("HARNESS_WORK_DIR", None)
     else:
         os.environ["HARNESS_WORK_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def records_store(tmp_path_factory):
+    from store_builder import build
+
+    return build(tmp_path_factory.mktemp("records"))

@@ -17,6 +17,8 @@ from harness.data.hvc import load_hvc
 from harness.data.split import split
 from harness.ledger import Iteration
 
+pytestmark = pytest.mark.slow  # trains models: left out by `make test-fast`
+
 N, SIZE, EPOCHS = 1500, 48, 10
 # Beat both the validation split's own majority rate and the real subset's by this much.
 MARGIN = 0.03

@@ -39,6 +39,7 @@ def test_suggestion_is_the_steepest_descent_before_divergence():
     assert curve.max_lr == lrs[-5]
 
 
+@pytest.mark.slow
 def test_lr_find_logs_the_curve_and_plot(tmp_path):
     from mlflow.tracking import MlflowClient
 

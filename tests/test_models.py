@@ -298,6 +298,7 @@ def backbone_kernels(model):
     return [np.array(w) for w in model.get_layer("backbone").weights if w.path.endswith(("kernel", "gamma"))]
 
 
+@pytest.mark.slow
 def test_freeze_reapplied_before_a_recompile_takes_effect():
     """A pass that overrides the policy: freeze the backbone, train; unfreeze, recompile, train."""
     model = build_model(small("custom"), freeze=False)

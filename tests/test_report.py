@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -122,13 +123,13 @@ def smoke_store(tmp_path_factory):
 
 
 def harness_table(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """`harness table` in a fresh process that reports afterwards whether TensorFlow or Keras
-    got imported."""
+    """`harness table` in a fresh process that reports afterwards whether TensorFlow, Keras or
+    MLflow got imported (a SQLite store of a known schema is read without MLflow)."""
     probe = textwrap.dedent("""\
         import sys
         from harness.cli import main
         code = main(sys.argv[1:])
-        heavy = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
+        heavy = sorted(m for m in ("tensorflow", "keras", "mlflow") if m in sys.modules)
         print("IMPORTED:" + ",".join(heavy))
         sys.exit(code)
     """)
@@ -145,30 +146,56 @@ def split_row(line: str) -> list[str]:
     return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
 
 
+def shown_value(m: dict) -> str:
+    """The value cell a run must get, computed here from its metrics: the selected checkpoint's
+    when logged, else (older runs) the best epoch's, marked; synthetic data marked."""
+    if "selected_val_gender_acc" in m:
+        return f"{m['selected_val_gender_acc']:.4f} @ {int(m['selected_epoch'])}†"
+    return f"{m['best_val_gender_acc']:.4f} @ {int(m['best_epoch'])}‡†"
+
+
+def head_value(m: dict, head: str) -> float:
+    return m.get(f"selected_val_{head}_acc", m.get(f"best_val_{head}_acc"))
+
+
 def expected_cells(run, reported: float | None) -> dict:
     """Column -> (the cell the table must show, the token that replaces it in the golden)."""
     m = run.metrics
-    best, epoch = m["best_val_gender_acc"], int(m["best_epoch"])
+    value = head_value(m, "gender")
     cells = {
-        "Total params": (f"{int(m['total_params']):,}", "<total_params>"),
-        "Trainable params": (f"{int(m['trainable_params']):,}", "<trainable_params>"),
-        "Best val gender acc (epoch)": (f"{best:.4f} @ {epoch}", "<best_val_gender_acc> @ <best_epoch>"),
-        "Gender lift vs majority (0.556)": (f"{best - 0.556:+.4f}", "<best_val_gender_acc - 0.556>"),
+        "Total/trainable": (f"{int(m['total_params']):,}/{int(m['trainable_params']):,}", "<total>/<trainable>"),
+        "Val gender (epoch)": (shown_value(m), "<val gender @ epoch>"),
+        "vs majority": (f"{value - 0.556:+.4f}°", "<val gender - 0.556>°"),
         "s/epoch": (f"{m['mean_epoch_seconds']:.1f}", "<mean_epoch_seconds>"),
+        "Started (UTC)": (datetime.fromtimestamp(run.start_time / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                          "<start>"),
     }
-    for head in ("image_quality", "age", "weight", "bag", "footwear", "pose", "emotion"):
-        cells[f"val {head}"] = (f"{m[f'best_val_{head}_acc']:.4f}", f"<best_val_{head}_acc>")
+    if run.tags.get("harness.split"):  # names the generated data's fingerprint
+        cells["Split"] = (run.tags["harness.split"], "<split>")
     if reported is not None:
-        cells["vs reported"] = (f"{best - reported:+.4f}", "<best_val_gender_acc - reported>")
+        cells["vs reported"] = (f"{value - reported:+.4f}", "<val gender - reported>")
     return cells
+
+
+def head_cells(run, header: list, section: str) -> dict:
+    """Per-head table cells: accuracy (selected, else best) or balanced accuracy, and the mean."""
+    m, heads = run.metrics, header[2:-1]
+    if section.startswith("Balanced"):
+        values = {h: m.get(f"selected_val_{h}_bacc") for h in heads} | {"mean": m.get("selected_val_mean_bacc")}
+    else:
+        values = {h: head_value(m, h) for h in heads}
+        values["mean"] = sum(values.values()) / len(heads)
+    return {h: (f"{v:.4f}", f"<{h}>") for h, v in values.items() if v is not None}
 
 
 def normalize(text: str, store, expected_runs: dict, stale: set, reported: dict) -> str:
     """The RESULTS file with run-derived numbers replaced by tokens, table padding removed."""
-    out, header = [], None
+    out, header, section = [], None, ""
     for line in text.splitlines():
         if not line.startswith("|"):
             out.append(line)
+            header = None
+            section = line[3:] if line.startswith("## ") else section
             continue
         cells = split_row(line)
         if header is None:
@@ -178,11 +205,12 @@ def normalize(text: str, store, expected_runs: dict, stale: set, reported: dict)
             name = row["Iteration"]
             if name in expected_runs:
                 run = store.run(expected_runs[name])
-                for column, (shown, token) in expected_cells(run, reported.get(name)).items():
-                    if row[column] == shown:
+                found = expected_cells(run, reported.get(name)) if "Run" in row else head_cells(run, header, section)
+                for column, (shown, token) in found.items():
+                    if row.get(column) == shown:
                         row[column] = token
-                run_cell = run.run_id[:8] + (" stale" if name in stale else "")
-                if row["Run"] == run_cell:
+                run_cell = run.run_id + (" stale" if name in stale else "")
+                if row.get("Run") == run_cell:
                     row["Run"] = "<run_id>" + (" stale" if name in stale else "")
             cells = [row[column] for column in header]
         else:
@@ -200,6 +228,11 @@ def check_golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"differs from {path} (UPDATE_GOLDEN=1 rewrites it after an intended change)"
 
 
+def readme_block(readme: Path) -> str:
+    return readme.read_text().split(report.RESULTS_START)[1].split(report.RESULTS_END)[0]
+
+
+@pytest.mark.slow  # the smoke store trains two iterations
 def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
     from harness.tracking import Store
 
@@ -208,7 +241,7 @@ def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
     readme.write_text(README)
     first = harness_table(folder, "--tracking-uri", smoke_store["uri"], "--plot", "results.png")
     assert first.returncode == 0, first.stderr
-    assert "IMPORTED:\n" in first.stdout, "harness table imported TensorFlow or Keras"
+    assert "IMPORTED:\n" in first.stdout, "harness table imported TensorFlow, Keras or MLflow"
     results = folder / "experiments" / "RESULTS.md"
     text = results.read_text()
 
@@ -217,13 +250,16 @@ def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
     normalized = normalize(text, store, runs, stale={"first"}, reported={"base": 0.6248, "first": 0.5781})
     check_golden("results_smoke.md", normalized)
 
-    # The printed table is the file's table; the README block holds it, the rest is untouched.
-    table = "\n".join(line for line in text.splitlines() if line.startswith("|"))
-    assert table in first.stdout
-    block = readme.read_text().split(report.RESULTS_START)[1].split(report.RESULTS_END)[0]
-    assert table in block and "stale content" not in block
+    # The README block: the notes' columns only, no line over 220 bytes, the rest untouched.
+    block = readme_block(readme)
+    table = [line for line in block.splitlines() if line.startswith("|")]
+    assert split_row(table[0]) == report.Layout("hvc").readme_columns()
+    assert max(len(line.encode()) for line in block.splitlines()) <= report.README_WIDTH
+    assert len(table) == 2 + 4 and "stale content" not in block
+    assert "\n".join(table) in first.stdout
     assert readme.read_text().startswith("# A project\n\nIntro text that must survive.\n\n<!-- results:start -->\n")
     assert readme.read_text().endswith("<!-- results:end -->\n\n## Afterwards\n\nMore text.\n")
+    assert "† = trained on hvc synthetic" in block  # the data the rows trained on, where a reader sees it
 
     png = (folder / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
@@ -231,39 +267,44 @@ def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
     before = (results.read_bytes(), readme.read_bytes())
     second = harness_table(folder, "--tracking-uri", smoke_store["uri"])
     assert second.returncode == 0, second.stderr
-    assert "IMPORTED:\n" in second.stdout
     assert (results.read_bytes(), readme.read_bytes()) == before
     assert "RESULTS.md: unchanged" in second.stdout and "results block unchanged" in second.stdout
 
 
+@pytest.mark.slow
 def test_gender_numbers_are_mlflows_and_rows_are_current_stale_not_run(smoke_store):
-    from harness.tracking import RunReader, Store
+    from harness.fast_store import open_reader
+    from harness.tracking import Store
 
     book = ledger.load(smoke_store["folder"] / "runs.yaml")
-    rows = report.collect(book, RunReader(smoke_store["uri"], book.experiment).latest_finished)
+    rows = report.collect(book, open_reader(smoke_store["uri"], book.experiment).latest_finished)
     assert [(r.name, r.state) for r in rows] == [
         ("base", "current"), ("first", "stale"), ("second", "not run"), ("third", "not run")]
-    frame = report.table_frame(book, rows)
+    tables = report.build(book, rows, {})
     store = Store(smoke_store["uri"])
-    for row, (_, cells) in zip(rows[:2], frame.iterrows()):
+    for row, cells in zip(rows[:2], tables.main):
         run = store.run(smoke_store["runs"][row.name])
-        assert row.run == run
-        assert cells["Best val gender acc (epoch)"] == (
-            f"{run.metrics['best_val_gender_acc']:.4f} @ {int(run.metrics['best_epoch'])}")
+        assert row.run.run_id == run.run_id and row.run.metrics == pytest.approx(run.metrics)
+        assert cells["Val gender (epoch)"] == shown_value(run.metrics)
         assert cells["Profile"] == "smoke"
-    assert frame.iloc[1]["Run"] == smoke_store["runs"]["first"][:8] + " stale"
-    assert list(frame["Best val gender acc (epoch)"])[2:] == ["not run", "not run"]
-    assert list(frame["Run"])[2:] == ["", ""]
+    assert tables.main[1]["Run"] == smoke_store["runs"]["first"] + " stale"
+    assert [c["Val gender (epoch)"] for c in tables.main[2:]] == ["not run", "not run"]
+    assert [c["Run"] for c in tables.main[2:]] == ["", ""]
 
 
 def test_runs_yaml_first_lists_the_two_fixes_and_reads_not_run_without_runs():
     book = ledger.load(REPO / "runs.yaml")
-    frame = report.table_frame(book, report.collect(book, FakeStore({}).find))
-    first = frame[frame["Iteration"] == "first"].iloc[0]
-    assert first["Changes vs parent"] == "data.validate_on_train: true -> false; head.tower_defect: true -> false"
+    tables = report.build(book, report.collect(book, FakeStore({}).find), {})
+    first = next(c for c in tables.main if c["Iteration"] == "first")
+    assert first["Changes vs parent"] == "validate_on_train on→off; tower_defect on→off"
     assert first["Reported gender"] == "0.5781"
-    assert set(frame["Best val gender acc (epoch)"]) == {"not run"}
-    assert list(frame["Iteration"]) == book.names and list(frame["#"]) == [str(i + 1) for i in range(len(book.names))]
+    fourth = next(c for c in tables.main if c["Iteration"] == "fourth")
+    assert fourth["Changes vs parent"] == "epochs 30+20→10+40; lr 1e-1+1e-2→1e-1+1e-4"
+    assert {c["Val gender (epoch)"] for c in tables.main} == {"not run"}
+    assert [c["Iteration"] for c in tables.main] == book.names
+    assert [c["#"] for c in tables.main] == [str(i + 1) for i in range(len(book.names))]
+    readme = report.readme_table(tables)
+    assert max(len(line.encode()) for line in readme.splitlines()) <= report.README_WIDTH
 
 
 # --------------------------------------------------------------------------- selection (no MLflow)
@@ -321,9 +362,9 @@ def test_only_runs_of_an_older_config_or_unknown_profile_show_stale(v2_book):
     rows = report.collect(v2_book, fake.find)
     assert (rows[0].state, rows[0].run.run_id) == ("stale", "b2")
     assert rows[1].state == "not run" and rows[1].run is None
-    frame = report.table_frame(v2_book, rows)
-    assert frame.iloc[0]["Run"] == "b2 stale"
-    assert list(frame["Best val gender acc (epoch)"])[1:] == ["not run"] * 3
+    main = report.build(v2_book, rows, {}).main
+    assert main[0]["Run"] == "b2 stale"
+    assert [c["Val gender (epoch)"] for c in main[1:]] == ["not run"] * 3
 
 
 def test_current_runs_cost_one_lookup_per_iteration(v2_book):
@@ -337,14 +378,19 @@ def test_current_runs_cost_one_lookup_per_iteration(v2_book):
 
 def test_cells_escape_pipes_and_describe_freeze_rules_and_reported_passes(v2_book):
     rows = report.collect(v2_book, FakeStore({}).find)
-    frame = report.table_frame(v2_book, rows)
-    assert frame.iloc[0]["Remark"] == "Validated on training images \\| not real validation."
-    assert frame.iloc[3]["Freeze"] == "^conv frozen, .* trains"
-    assert frame.iloc[2]["Reported gender"] == "0.7167 @ 42 (pass 2)"
-    assert frame.iloc[0]["Architecture"] == "custom + gap-16 + towers 8-8 (1st Dense dead)"
-    markdown = report.to_markdown(frame)
+    tables = report.build(v2_book, rows, {})
+    main = tables.main
+    assert main[0]["Remark"] == "Validated on training images | not real validation."
+    assert main[3]["Freeze"] == "^conv frozen, .* trains"
+    assert main[2]["Reported gender"] == "0.7167 @ 42 (pass 2)"
+    assert main[0]["Architecture"] == "custom gap-16 2x8 [1st dead]"
+    assert main[2]["Changes vs parent"] == "epochs 10→30+20; lr 2e-3→1e-2+1e-3; p1 monitor val_gender_acc→val_loss"
+    assert main[3]["Changes vs parent"] == "freeze none→^conv frozen, .* trains"
+    columns = tables.layout.main_columns()
+    markdown = report.markdown(columns, main)
+    assert "Validated on training images \\| not real validation." in markdown
     widths = {len(split_row(line)) for line in markdown.splitlines()}
-    assert widths == {len(frame.columns)}
+    assert widths == {len(columns)}
 
 
 def test_single_head_ledger_gets_acc_columns():
@@ -353,14 +399,16 @@ def test_single_head_ledger_gets_acc_columns():
     run = record("c1", 1, book.resolve(name, "full").config_sha(), best_val_acc=0.8929, best_epoch=41,
                  total_params=274442, trainable_params=273066, mean_epoch_seconds=55.0)
     rows = report.collect(book, FakeStore({name: [run]}).find)
-    frame = report.table_frame(book, rows)
-    assert "Best val acc (epoch)" in frame.columns and "Acc lift vs majority (0.100)" in frame.columns
-    assert not any(c.startswith("val ") for c in frame.columns)
-    assert frame.iloc[0]["Best val acc (epoch)"] == "0.8929 @ 41"
-    assert frame.iloc[0]["Acc lift vs majority (0.100)"] == "+0.7929"
-    assert frame.iloc[0]["Total params"] == "274,442"
+    tables = report.build(book, rows, {})
+    assert "Val acc (epoch)" in tables.layout.readme_columns()
+    assert tables.layout.head_columns() == ["#", "Iteration", "class"]
+    first = tables.main[0]
+    assert first["Val acc (epoch)"] == "0.8929 @ 41‡"  # no selected checkpoint: the best epoch, marked
+    assert first["vs majority"] == "+0.7929°"  # no majority reference run: CIFAR-10's 0.1
+    assert first["Total/trainable"] == "274,442/273,066"
+    assert report.compact_params(first["Total/trainable"]) == "274k/273k"
     reported = book.resolve(name).reported[0].val_acc["acc"]
-    assert frame.iloc[0]["vs reported"] == f"{0.8929 - reported:+.4f}"
+    assert first["vs reported"] == f"{0.8929 - reported:+.4f}"
     assert report.default_out(str(book.path), book.experiment).as_posix() == "experiments/RESULTS-cifar10-resnet20.md"
 
 

@@ -17,6 +17,8 @@ from harness import ledger
 from harness.data.labels import HVC_HEADS
 from harness.settings import work_dir
 
+pytestmark = pytest.mark.slow  # trains models: left out by `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = """\

@@ -37,9 +37,9 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=1400,900")
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason=(
     "/usr/bin/chromium is missing: install Debian's chromium and chromium-driver "
-    "(apt-get install chromium chromium-driver, as .ci/run does)"))
+    "(apt-get install chromium chromium-driver, as .ci/run does)"))]
 
 
 def free_port() -> int:
@@ -69,17 +69,17 @@ def ui(tmp_path_factory):
             start_new_session=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    url, deadline = None, time.monotonic() + 150
+    url, page, deadline = None, None, time.monotonic() + 150
     try:
         while url is None and time.monotonic() < deadline and process.poll() is None:
             try:
                 line = lines.get(timeout=1)
             except queue.Empty:
                 continue
-            found = re.search(r"open (http://127\.0\.0\.1:\d+)", line)
-            url = found.group(1) if found else None
+            found = re.search(r"open ((http://127\.0\.0\.1:\d+)\S*)", line)
+            page, url = (found.group(1), found.group(2)) if found else (None, None)
         assert url == f"http://127.0.0.1:{port}", f"no URL printed; server log:\n{log.read_text()[-3000:]}"
-        yield url, store
+        yield url, store, page
     finally:
         os.kill(process.pid, signal.SIGTERM)  # harness ui stops mlflow server and its uvicorn
         try:
@@ -140,7 +140,7 @@ def api_responses(driver, fragment: str) -> list[tuple[str, dict]]:
 def test_compare_view_shows_val_gender_acc_for_both_runs(ui, browser, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    url, store = ui
+    url, store, _ = ui
     client = MlflowClient(store["uri"])
     runs = {name: client.get_run(run_id) for name, run_id in store["runs"].items()}
     ids = [run.info.run_id for run in runs.values()]
@@ -201,6 +201,41 @@ def test_compare_view_shows_val_gender_acc_for_both_runs(ui, browser, tmp_path):
         keep = Path(os.environ["HARNESS_SCREENSHOTS"])
         keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, keep / shot.name)
+
+
+def test_the_printed_url_opens_the_runs_table_with_val_gender_acc(ui, browser, tmp_path):
+    """`harness ui` prints the experiment's runs page sorted by val_gender_acc; the experiment is
+    tagged as model training, so its first screen is the runs table (not MLflow 3's GenAI
+    overview), its rows in MLflow's val_gender_acc order, best first."""
+    from mlflow.tracking import MlflowClient
+
+    url, store, page = ui
+    client = MlflowClient(store["uri"])
+    experiment = client.get_experiment_by_name(store["experiment"])
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert page == (f"{url}/#/experiments/{experiment.experiment_id}/runs"
+                    "?orderByKey=metrics.%60val_gender_acc%60&orderByAsc=false")
+    browser.get(page)
+    runs = [client.get_run(run_id) for run_id in store["runs"].values()]
+    best_first = [r.info.run_name for r in sorted(runs, key=lambda r: -r.data.metrics["val_gender_acc"])]
+    body = lambda: browser.find_element("tag name", "body").text  # noqa: E731
+    wait_for(lambda: "Training runs" in body() and all(n in body() for n in best_first), seconds=90,
+             what="the runs table with both runs")
+    assert "Sort: val_gender_acc" in body()
+    shown = wait_for(lambda: [n for n in browser.execute_script(RUN_NAMES_JS) if n in best_first] or None,
+                     what="the run names in the table")
+    assert shown == best_first, "the table is not in MLflow's val_gender_acc order"
+    assert "Detect Issues" not in body()
+    shot = tmp_path / "runs_page.png"
+    assert browser.save_screenshot(str(shot)) and shot.read_bytes().startswith(b"\x89PNG")
+    if os.environ.get("HARNESS_SCREENSHOTS"):
+        keep = Path(os.environ["HARNESS_SCREENSHOTS"])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, keep / shot.name)
+
+
+RUN_NAMES_JS = ("return [...document.querySelectorAll('[role=row] a, .ag-row a')].map(a => a.innerText.trim())"
+                ".filter((name, i, all) => all.indexOf(name) === i)")
 
 
 def runs_latest(client, run_id: str) -> float:

@@ -40,6 +40,7 @@ from harness.errors import InputError
 SIZE = 224
 DEFAULT_N = 2000
 DEFAULT_DIR = "hvc-synth"
+SYNTH_PREFIX = "images/synth/"  # the CSV filename of every generated row
 
 # Class frequencies of the real 6,000-row subset (../shared/data/hvc), in HVC_HEADS order.
 REAL_FREQUENCIES = {
@@ -244,6 +245,16 @@ def generate(out_dir: Union[str, Path], n: int = DEFAULT_N, seed: int = 0) -> Pa
     return out_dir
 
 
+def is_synthetic(table) -> bool:
+    """Whether a loaded table is generated data (this module's hvc set, whose CSV filenames are
+    images/synth/..., or the synthetic CIFAR stand-in): its runs are tagged so that their numbers
+    never pass for real ones."""
+    frame = getattr(table, "frame", None)
+    if frame is not None and "filename" in frame and len(frame):
+        return bool(frame["filename"].astype(str).str.startswith(SYNTH_PREFIX).all())
+    return "synthetic" in str(getattr(table, "source", "")).lower()
+
+
 def _refuse_to_overwrite_real_data(csv: Path) -> None:
     """`--out` pointing at a real dataset must not replace its annotations."""
     if not csv.is_file():
@@ -251,7 +262,7 @@ def _refuse_to_overwrite_real_data(csv: Path) -> None:
     with open(csv, encoding="utf-8", errors="replace") as handle:
         handle.readline()
         first_row = handle.readline()
-    if first_row and not first_row.startswith("images/synth/"):
+    if first_row and not first_row.startswith(SYNTH_PREFIX):
         raise InputError([f"{csv}:2: not a synthetic set (filename is not images/synth/...); "
                           f"refusing to overwrite it, choose another --out"])
 

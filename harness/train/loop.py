@@ -21,7 +21,7 @@ import numpy as np
 from harness import metrics
 from harness.data.labels import output_name
 from harness.ledger import Iteration, PassConfig
-from harness.train import feature_cache
+from harness.train import feature_cache, progress
 from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot, save_last_good, save_pass_models,
                                        save_snapshot)
 from harness.train.compile import compile_model, lr_for_epoch, train_stream, val_stream
@@ -173,7 +173,7 @@ def selected_scores(iteration: Iteration, folder: RunFolder, state: RunState, bu
     return metrics.selected_summary(bundle.val_labels, predictions, iteration.data.name, epoch)
 
 
-def fit_epochs(fit_model, iteration: Iteration, data, state: RunState, pass_: PassConfig, callback) -> None:
+def fit_epochs(fit_model, iteration: Iteration, data, state: RunState, pass_: PassConfig, callbacks: list) -> None:
     """The rest of a pass's epochs, from where the run state says the pass is."""
     fit_model.fit(
         # the stream is keyed by the global epoch, so every pass sees fresh orders
@@ -182,7 +182,7 @@ def fit_epochs(fit_model, iteration: Iteration, data, state: RunState, pass_: Pa
         validation_data=val_stream(data),
         epochs=pass_.epochs,
         initial_epoch=state.epochs_in_pass,
-        callbacks=[callback],
+        callbacks=callbacks,
         shuffle=False,  # the stream is shuffled, per epoch and seeded, by the data layer
         # Keras's own progress logger syncs every batch (~5% of a CPU epoch); the epoch
         # line is printed by the pass callback instead.
@@ -276,7 +276,10 @@ class Runner:
         self.state.start_pass(index)
         self.stopped_early = self.state.stopped(pass_)
         if self.state.epochs_in_pass < pass_.epochs and not self.stopped_early:
-            fit_epochs(fit_model, it, data, self.state, pass_, _pass_callback(self, index, pass_))
+            fit_epochs(fit_model, it, data, self.state, pass_,
+                       # progress first: its line ends before the epoch's
+                       [*progress.callbacks(data.steps_per_epoch, it.batch_size.train, pass_.epochs, self.log),
+                        _pass_callback(self, index, pass_)])
         if self.diverged:
             save_last_good(self.folder, self.state, index, model)
             raise TrainingDiverged(self.diverged)
