@@ -52,6 +52,8 @@ LR_FIND_LR = "lr_find_lr"
 LR_FIND_LOSS = "lr_find_loss"
 LR_FIND_SMOOTHED_LOSS = "lr_find_smoothed_loss"
 SUGGESTED_LR = "suggested_lr"
+# MLflow's system metrics (harness run logs them unless --no-system-metrics) all start with this.
+SYSTEM_PREFIX = "system/"
 MAX_LR = "max_lr"
 
 # The head iterations are compared on, where a dataset has several; otherwise its first head.

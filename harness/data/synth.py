@@ -40,6 +40,8 @@ from harness.errors import InputError
 SIZE = 224
 DEFAULT_N = 2000
 DEFAULT_DIR = "hvc-synth"
+# Every generated row's `filename`: how a synthetic set is told from real data once loaded.
+SYNTH_PREFIX = "images/synth/"
 
 # Class frequencies of the real 6,000-row subset (../shared/data/hvc), in HVC_HEADS order.
 REAL_FREQUENCIES = {
@@ -234,7 +236,7 @@ def generate(out_dir: Union[str, Path], n: int = DEFAULT_N, seed: int = 0) -> Pa
         attrs = {head: int(values[row]) for head, values in labels.items()}
         image = draw_person(attrs, np.random.default_rng([seed, row]))
         image.save(out_dir / "resized" / f"{row + 1}.jpg", format="JPEG", quality=90)
-    frame = pd.DataFrame({"filename": [f"images/synth/{row + 1}.jpg" for row in range(n)]})
+    frame = pd.DataFrame({"filename": [f"{SYNTH_PREFIX}{row + 1}.jpg" for row in range(n)]})
     for head, classes in HVC_HEADS.items():
         frame[HVC_CSV_COLUMNS[head]] = np.asarray(classes, dtype=object)[labels[head]]
     frame["image_path"] = [f"resized/{row + 1}.jpg" for row in range(n)]
@@ -244,6 +246,15 @@ def generate(out_dir: Union[str, Path], n: int = DEFAULT_N, seed: int = 0) -> Pa
     return out_dir
 
 
+def is_synthetic(table) -> bool:
+    """Whether a loaded table is generated data: every hvc row written by `generate` (its
+    filename column starts with SYNTH_PREFIX), or the synthetic CIFAR-10 stand-in."""
+    frame = getattr(table, "frame", None)
+    if frame is not None and "filename" in frame.columns:
+        return bool(len(frame)) and bool(frame["filename"].astype(str).str.startswith(SYNTH_PREFIX).all())
+    return str(getattr(table, "source", "")).startswith("synthetic")
+
+
 def _refuse_to_overwrite_real_data(csv: Path) -> None:
     """`--out` pointing at a real dataset must not replace its annotations."""
     if not csv.is_file():
@@ -251,7 +262,7 @@ def _refuse_to_overwrite_real_data(csv: Path) -> None:
     with open(csv, encoding="utf-8", errors="replace") as handle:
         handle.readline()
         first_row = handle.readline()
-    if first_row and not first_row.startswith("images/synth/"):
+    if first_row and not first_row.startswith(SYNTH_PREFIX):
         raise InputError([f"{csv}:2: not a synthetic set (filename is not images/synth/...); "
                           f"refusing to overwrite it, choose another --out"])
 
