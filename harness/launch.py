@@ -16,7 +16,7 @@ from typing import Optional
 
 from harness import metrics
 from harness.errors import InputError
-from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, Decision,
+from harness.records import (KILLED, NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, Decision,
                              RunRecord)
 
 
@@ -105,6 +105,12 @@ class Prepared:
 
         return FeatureInputs.of(self.iteration, self.table, self.parts.train, self.parts.val)
 
+    def lineage(self):
+        """The data as the run's MLflow dataset input records it (harness.records.DataLineage)."""
+        from harness.data.source import lineage
+
+        return lineage(self.table, self.parts.train, self.parts.val)
+
     def data_label(self, bundle) -> str:
         """The data as a pass header names it: folder, split sizes, image size."""
         folder = Path(str(getattr(self.table, "folder", self.data_dir or self.iteration.data.name))).name
@@ -134,7 +140,8 @@ def prepare(book, name, profile, data_dir, skip_bad_rows, log) -> Prepared:
 
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
-                  skip_bad_rows: bool = False, skip_finished: bool = False, log=print) -> int:
+                  skip_bad_rows: bool = False, skip_finished: bool = False, system_metrics: bool = True,
+                  log=print) -> int:
     """Train one iteration; returns an exit code (0 done or skipped, 1 diverged)."""
     prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log)
 
@@ -151,7 +158,8 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
     if decision.kind == SKIP:
         return 0
     bundle = prepared.datasets(work.cache)
-    tracker = store.start(decision, book.experiment, prepared.iteration, prepared.tags)
+    tracker = store.start(decision, book.experiment, prepared.iteration, prepared.tags, data=prepared.lineage(),
+                          system_metrics=system_metrics)
     if decision.kind == NEW:
         tracker.model_built(*model_facts(prepared.iteration))
     return _train(prepared, bundle, decision, tracker, work.run(tracker.run_id), book.experiment, log)
@@ -181,10 +189,29 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
     except BaseException as exc:
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
+    log_final_model(prepared, tracker, runner.final_checkpoint(), results, log)
     summary = tracker.finish(runner.state.history, results, runner.final_checkpoint())
     best = metrics.best_phrase(summary, prepared.iteration.data.name)
     log(f"{name}: FINISHED, {best}; run {tracker.run_id}; open the UI with `make ui` (experiment {experiment})")
     return 0
+
+
+def log_final_model(prepared: Prepared, tracker, checkpoint: Path, results: list, log) -> None:
+    """The run's checkpoint as an MLflow Model, once, before the run is marked finished. If
+    logging fails the run is left KILLED, so the same command resumes it and logs it again."""
+    from harness.predict import ModelCard, example_image
+
+    if not Path(checkpoint).exists():
+        return
+    selected = results[-1].best_epoch if results else None
+    card = ModelCard.of(prepared.iteration, tracker.run_id, prepared.profile, str(getattr(prepared.table, "fingerprint", "")),
+                        selected)
+    try:
+        tracker.log_model(checkpoint, card, example_image(prepared.table, prepared.parts.val), step=selected or 0)
+    except Exception as exc:
+        tracker.fail(f"logging the model failed: {type(exc).__name__}: {exc}", status=KILLED)
+        log(f"{prepared.iteration.name}: logging the MLflow Model failed ({exc}); run the same command again to finish")
+        raise
 
 
 def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri: Optional[str] = None,
