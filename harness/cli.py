@@ -200,6 +200,31 @@ def _add_training_inputs(parser):
                         help="dataset folder (default: $HARNESS_DATA, else a synthetic set in data/)")
 
 
+def _add_model_commands(sub) -> None:
+    """register, models, predict: a finished run's MLflow Model (harness.registry)."""
+    p = sub.add_parser("register", help="register the latest finished run's model (registered model = the experiment)")
+    p.add_argument("iteration")
+    p.add_argument("--alias", default=None, metavar="A", help="also point this alias at the new version (champion, say)")
+    _add_ledger(p)
+    _add_tracking(p)
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("models", help="the registered model's versions: alias, iteration, data, val accuracy, run")
+    _add_ledger(p)
+    p.add_argument("--json", action="store_true", help="print the versions as JSON")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("predict", help="each image's label and probability per head, from an iteration's or a registered model")
+    p.add_argument("model", metavar="ITER|models:/NAME@ALIAS", help="an iteration (its latest finished run) or a models:/ URI")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of them")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--out", default=None, metavar="FILE.csv", help="write the predictions as CSV (one row per image)")
+    _add_ledger(p)
+    _add_tracking(p)
+    p.set_defaults(func=cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -281,27 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("register", help="register the latest finished run's model (registered model = the experiment)")
-    p.add_argument("iteration")
-    p.add_argument("--alias", default=None, metavar="A", help="also point this alias at the new version (champion, say)")
-    _add_ledger(p)
-    _add_tracking(p)
-    p.set_defaults(func=cmd_register)
-
-    p = sub.add_parser("models", help="the registered model's versions: alias, iteration, data, val accuracy, run")
-    _add_ledger(p)
-    p.add_argument("--json", action="store_true", help="print the versions as JSON")
-    _add_tracking(p)
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("predict", help="each image's label and probability per head, from an iteration's or a registered model")
-    p.add_argument("model", metavar="ITER|models:/NAME@ALIAS", help="an iteration (its latest finished run) or a models:/ URI")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of them")
-    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    p.add_argument("--out", default=None, metavar="FILE.csv", help="write the predictions as CSV (one row per image)")
-    _add_ledger(p)
-    _add_tracking(p)
-    p.set_defaults(func=cmd_predict)
+    _add_model_commands(sub)
 
     p = sub.add_parser("ui", help="the MLflow UI over the project's store (prints the URL to open)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")

@@ -238,10 +238,17 @@ def collect(arguments: Iterable[str]) -> Inputs:
     return Inputs(files, missing)
 
 
-def predict_files(predictor: Predictor, files: list[Path]) -> tuple[pd.DataFrame, list[BadImage]]:
+def predict_files(predictor: Predictor, files: list[Path], chunk: int = 256) -> tuple[pd.DataFrame, list[BadImage]]:
     """(a row per good file with a `path` column first, the bad files with their reasons): one
-    bad file never stops the others."""
-    arrays, names, bad = [], [], []
+    bad file never stops the others. Images are decoded and predicted `chunk` at a time, so a
+    large folder never sits in memory whole."""
+    frames, names, bad, arrays = [], [], [], []
+
+    def flush():
+        if arrays:
+            frames.append(predictor.predict_arrays(np.stack(arrays)))
+            arrays.clear()
+
     for path in files:
         try:
             arrays.append(model_input(path.read_bytes(), predictor.card.image_size))
@@ -250,10 +257,11 @@ def predict_files(predictor: Predictor, files: list[Path]) -> tuple[pd.DataFrame
             bad.append(BadImage(str(path), f"unreadable ({exc.strerror or exc})"))
         except ValueError as exc:
             bad.append(BadImage(str(path), str(exc)))
-    if arrays:
-        frame = predictor.predict_arrays(np.stack(arrays))
-    else:
-        frame = pd.DataFrame({column: [] for column in predictor.card.columns()})
+        if len(arrays) >= chunk:
+            flush()
+    flush()
+    empty = pd.DataFrame({column: [] for column in predictor.card.columns()})
+    frame = pd.concat(frames, ignore_index=True) if frames else empty
     frame.insert(0, "path", names)
     return frame, bad
 

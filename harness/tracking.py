@@ -402,28 +402,10 @@ class RunTracker:
             self.monitor = None
 
     def log_model(self, checkpoint: Path, card, example: bytes, step: int = 0) -> str:
-        """The checkpoint as an MLflow Model of this run (once, at the end): the .keras file and
-        the card (harness.predict.ModelCard) as artifacts, loaded by HarnessModel; a signature,
-        one real image as input example, explicit pip requirements (inferring them would load
-        the model in a subprocess, the slow part of mlflow.keras.log_model). `step` is the
-        selected epoch, so the model page shows that epoch's metrics. Returns the models:/ URI."""
-        import tempfile
-
-        from mlflow.models import Model
-
-        with tempfile.TemporaryDirectory(prefix="model-") as tmp:
-            card_file = card.save(Path(tmp) / CARD_ARTIFACT)
-            code_file = Path(tmp) / MODEL_CODE_FILE
-            code_file.write_text(MODEL_CODE)
-            with _tracking_uri(self._client.tracking_uri, self._experiment_id):
-                info = Model.log(
-                    artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=self.run_id, step=step,
-                    python_model=str(code_file), artifacts={KERAS_ARTIFACT: str(checkpoint), CARD_ARTIFACT: str(card_file)},
-                    code_paths=[str(Path(__file__).resolve().parent)], signature=_signature(card),
-                    input_example=_input_example(example), pip_requirements=_pip_requirements(),
-                    tags={TAG_ITERATION: self.iteration.name},
-                )
-        return info.model_uri
+        """The checkpoint as this run's MLflow Model, once, at the end (see log_model below);
+        `step` is the selected epoch. Returns the models:/ URI."""
+        return log_model(self._client, self._experiment_id, self.run_id, self.iteration.name, checkpoint, card,
+                         example, step)
 
 
 class RunReader:
@@ -505,6 +487,32 @@ class HarnessModel(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.predictor.predict_frame(model_input)
+
+
+def log_model(client: MlflowClient, experiment_id: str, run_id: str, iteration: str, checkpoint: Path, card,
+              example: bytes, step: int = 0) -> str:
+    """A checkpoint as an MLflow Model `model` of a run: the .keras file and the card
+    (harness.predict.ModelCard) as artifacts, loaded by HarnessModel; a signature, one real image
+    as input example (MLflow checks at logging that it predicts), explicit pip requirements
+    (inferring them loads the model in a subprocess: the slow part of mlflow.keras.log_model).
+    `step` links that epoch's metrics to the model page. Returns the models:/ URI."""
+    import tempfile
+
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        card_file = card.save(Path(tmp) / CARD_ARTIFACT)
+        code_file = Path(tmp) / MODEL_CODE_FILE
+        code_file.write_text(MODEL_CODE)
+        with _tracking_uri(client.tracking_uri, experiment_id):
+            info = Model.log(
+                artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
+                python_model=str(code_file), artifacts={KERAS_ARTIFACT: str(checkpoint), CARD_ARTIFACT: str(card_file)},
+                code_paths=[str(Path(__file__).resolve().parent)], signature=_signature(card),
+                input_example=_input_example(example), pip_requirements=_pip_requirements(),
+                tags={TAG_ITERATION: iteration},
+            )
+    return info.model_uri
 
 
 def _signature(card):
