@@ -395,7 +395,6 @@ class RunTracker:
                 self._client.set_terminated(child, status)
         self._client.set_terminated(self.run_id, status)
 
-
     def _stop_monitor(self) -> None:
         if self.monitor is not None:
             self.monitor.stop()
