@@ -55,17 +55,16 @@ def data_label(run: Optional[RunRecord]) -> str:
     return folder + (" (synthetic)" if run.tags.get(TAG_SYNTHETIC) == "true" else "")
 
 
-def primary_accuracy(run: Optional[RunRecord]) -> Optional[float]:
-    """The run's validation accuracy of the primary head: the selected checkpoint's when the run
-    logged it, else the best epoch's."""
-    if run is None:
-        return None
-    dataset = run.params.get("data.name", "hvc")
+def primary_accuracy(run: Optional[RunRecord]) -> tuple[str, Optional[float]]:
+    """(primary head, the run's validation accuracy of it): the selected checkpoint's when the
+    run logged it, else the best epoch's."""
+    dataset = run.params.get("data.name", "hvc") if run is not None else "hvc"
     head = metrics.primary_head(dataset)
-    for name in (metrics.selected_name(dataset, head, metrics.ACC.short), metrics.best_val_acc(dataset)):
-        if name in run.metrics:
-            return run.metrics[name]
-    return None
+    if run is not None:
+        for name in (metrics.selected_name(dataset, head, metrics.ACC.short), metrics.best_val_acc(dataset)):
+            if name in run.metrics:
+                return head, run.metrics[name]
+    return head, None
 
 
 def list_models(book, *, tracking_uri: Optional[str] = None, as_json: bool = False, out=None) -> int:
@@ -88,11 +87,11 @@ def list_models(book, *, tracking_uri: Optional[str] = None, as_json: bool = Fal
 
 
 def _row(version: ModelVersionRecord) -> dict:
-    accuracy = primary_accuracy(version.run)
+    head, accuracy = primary_accuracy(version.run)
     created = datetime.datetime.fromtimestamp(version.created / 1000).strftime("%Y-%m-%d %H:%M") if version.created else ""
     return {"version": int(version.version), "aliases": ", ".join(version.aliases),
             "iteration": version.tags.get(TAG_ITERATION) or (version.run.iteration if version.run else ""),
-            "data": data_label(version.run), "val gender acc": accuracy, "run": version.run_id[:8], "created": created}
+            "data": data_label(version.run), f"val {head} acc": accuracy, "run": version.run_id[:8], "created": created}
 
 
 def model_uri_for(store, book_loader, target: str) -> str:
