@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -36,9 +37,10 @@ from harness import metrics
 from harness.errors import InputError
 from harness.ledger import Iteration, flatten
 from harness.records import (
-    FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXTENDS,
-    TAG_DATA, TAG_DATA_DIR, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_PASS, TAG_PROFILE,
-    TAG_SYNTHETIC, UNFINISHED, DataLineage, Decision, MetricPoint, ModelVersionRecord, RunRecord, display_name,
+    FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP,
+    TAG_CONFIG_SHA, TAG_DATA, TAG_DATA_DIR, TAG_EXTENDS, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND,
+    TAG_PASS, TAG_PROFILE, TAG_REFERENCE, TAG_SPLIT, TAG_SYNTHETIC, UNFINISHED, DataLineage, Decision, MetricPoint,
+    ModelVersionRecord, RunRecord, display_name,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -109,6 +111,11 @@ def _record(run) -> RunRecord:
     return RunRecord(run_id=run.info.run_id, name=run.info.run_name, status=run.info.status,
                      start_time=run.info.start_time, end_time=run.info.end_time, tags=dict(run.data.tags),
                      metrics=dict(run.data.metrics), params=dict(run.data.params))
+
+
+def _quoted(value: str) -> str:
+    """A value inside a single-quoted search_runs filter string."""
+    return value.replace("'", "\\'")
 
 
 def _now() -> int:
@@ -191,6 +198,15 @@ class Store:
         found = self._search(experiment, query, max_results=1)
         return _record(found[0]) if found else None
 
+    def references(self, experiment: str, split: str) -> dict[str, RunRecord]:
+        """reference name -> its newest finished run on the validation images `split` names."""
+        query = (f"tags.`{TAG_KIND}` = '{KIND_REFERENCE}' and tags.`{TAG_SPLIT}` = '{_quoted(split)}' "
+                 f"and attributes.status = '{FINISHED}'")
+        found = {}
+        for run in self._search(experiment, query):
+            found.setdefault(run.data.tags.get(TAG_REFERENCE), _record(run))
+        return found
+
     def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
         """Every logged value of a metric, by step."""
         history = self._client.get_metric_history(run_id, key)
@@ -265,6 +281,25 @@ def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict,
     for start in range(0, len(points), 1000):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=points[start:start + 1000])
     client.log_figure(run_id, figure, "lr_find.png")
+    client.set_terminated(run_id, FINISHED)
+    return run_id
+
+
+def log_reference(store: Store, experiment: str, reference: str, dataset: str, tags: dict, summary: dict,
+                  params: dict) -> str:
+    """A `reference/<name>` run (harness.reference): its settings as params, its scores under the
+    selected-checkpoint names, and each head's val accuracy at step 0 so the UI's comparison of
+    `val_gender_acc` shows it beside the iterations."""
+    client = MlflowClient(tracking_uri=store.uri)
+    run_id = client.create_run(store.experiment_id(experiment), run_name=f"reference/{reference}",
+                               tags={TAG_KIND: KIND_REFERENCE, TAG_REFERENCE: reference, **git_tags(), **tags}
+                               ).info.run_id
+    now = _now()
+    client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+    values = {**summary, **{metrics.val_acc(dataset, head): metrics.selected_value(summary, dataset, head)
+                            for head in metrics.heads_of(dataset)}}
+    points = [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None]
+    client.log_batch(run_id, metrics=points)
     client.set_terminated(run_id, FINISHED)
     return run_id
 
@@ -369,11 +404,13 @@ class RunTracker:
             self._log_metrics(child, summary)
         self._client.set_terminated(child, FINISHED)
 
-    def finish(self, history: list[dict], results: list, final_checkpoint: Optional[Path]) -> dict:
-        """Summary metrics, curves, the final checkpoint; status FINISHED. Returns the summary."""
+    def finish(self, history: list[dict], results: list, final_checkpoint: Optional[Path],
+               selected: Optional[dict] = None) -> dict:
+        """Summary metrics (the per-epoch bests, and `selected`: the selected checkpoint's
+        scores), curves, the selected checkpoint; status FINISHED. Returns the summary."""
         from harness import plots
 
-        summary = metrics.summarize(history, self.iteration.data.name)
+        summary = {**metrics.summarize(history, self.iteration.data.name), **(selected or {})}
         self._log_metrics(self.run_id, summary)
         figure = plots.training_curves(history, self.iteration.data.name, title=self.iteration.name)
         self._client.log_figure(self.run_id, figure, "plots/training_curves.png")
@@ -580,14 +617,8 @@ def model_uri(store: "Store", run_id: str) -> Optional[str]:
 def register(store: "Store", name: str, run: RunRecord, alias: Optional[str] = None) -> ModelVersionRecord:
     """A new version of registered model `name` (created on first use) from the run's logged
     model, tagged with the run's iteration, data and profile; `alias` (champion, say) moved to it."""
-    if alias is not None:
-        from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
-
-        try:
-            _validate_model_alias_name(alias)
-            _validate_model_alias_name_reserved(alias)
-        except MlflowException as exc:
-            raise InputError(f"--alias {alias}: {exc.message}") from None
+    if alias is not None and alias_problem(alias):
+        raise InputError(f"--alias {alias}: {alias_problem(alias)}")
     uri = model_uri(store, run.run_id)
     if uri is None:
         raise InputError(f"{run.iteration}: run {run.run_id} logged no MLflow Model (it finished before models were "
@@ -600,6 +631,17 @@ def register(store: "Store", name: str, run: RunRecord, alias: Optional[str] = N
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return _version_record(client.get_model_version(name, version.version), run)
+
+
+def alias_problem(alias: str) -> Optional[str]:
+    """Why the registry would refuse `alias` (its rules in MLflow 3.17: letters, digits, `_` and
+    `-`, at most 255 characters, not `latest` nor a version name like v3), checked before a
+    version is written; None if it is fine."""
+    if not re.fullmatch(r"[\w\-]{1,255}", alias):
+        return "an alias is 1-255 letters, digits, underscores (_) or dashes (-)"
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        return "reserved by the MLflow registry (latest and v<number> name versions)"
+    return None
 
 
 def model_versions(store: "Store", name: str) -> list[ModelVersionRecord]:

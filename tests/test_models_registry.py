@@ -181,6 +181,7 @@ def test_register_moves_the_alias_and_models_lists_the_version(trained, champion
 def test_pyfunc_labels_agree_with_eval_argmax_on_held_out_images(trained, pyfunc_model):
     """Same preprocessing as training: the served labels are the evaluated model's argmax, and
     their accuracy is what `harness eval` reports on the same folder."""
+    from harness.data.hvc import load_hvc
     from harness.data.pipeline import eval_dataset
     from harness.launch import evaluate_iteration
     from harness.models import load_model
@@ -199,8 +200,10 @@ def test_pyfunc_labels_agree_with_eval_argmax_on_held_out_images(trained, pyfunc
         checkpoint = download_artifacts(run_id=trained["run"].run_id, artifact_path="checkpoint",
                                         dst_path=str(trained["root"] / "ckpt"))
     model = load_model(next(Path(checkpoint).glob("*.keras")), compile=False)
-    dataset, labels = eval_dataset(folder, iteration)
-    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    heldout = load_hvc(folder)
+    rows = np.arange(len(heldout))
+    labels = {head: values[rows] for head, values in heldout.labels.items()}
+    outputs = model.predict(eval_dataset(heldout, rows, iteration).map(lambda x, y: x), verbose=0)
     outputs = outputs if isinstance(outputs, dict) else dict(zip(model.output_names, outputs))
     evaluated = evaluate_iteration(trained["book"], "eleventh", data_dir=str(folder), tracking_uri=trained["uri"])["eval"]
     for head, classes in HVC_HEADS.items():
