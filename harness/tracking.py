@@ -158,10 +158,6 @@ class Store:
                 name, artifact_location=(root / name).as_uri() if root else None)
         return self._experiments[name]
 
-    def _registry(self) -> MlflowClient:
-        """A client whose model registry is this store (SQLite or server alike)."""
-        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-
     # ---- reading
 
     def _search(self, experiment: str, query: str, max_results: int = 5000) -> list:
@@ -607,6 +603,11 @@ def _tracking_uri(uri: str, experiment_id: Optional[str] = None):
                 os.environ[name] = value
 
 
+def _registry(store: "Store") -> MlflowClient:
+    """A client whose model registry is this store (SQLite or server alike)."""
+    return MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+
+
 def model_uri(store: "Store", run_id: str) -> Optional[str]:
     """The models:/ URI of the MLflow Model a run logged (the newest), or None."""
     outputs = store._client.get_run(run_id).outputs
@@ -627,7 +628,7 @@ def register(store: "Store", name: str, run: RunRecord, alias: Optional[str] = N
             if key in run.tags}
     with _tracking_uri(store.uri):
         version = mlflow.register_model(uri, name, tags=tags)
-    client = store._registry()
+    client = _registry(store)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return _version_record(client.get_model_version(name, version.version), run)
@@ -646,7 +647,7 @@ def alias_problem(alias: str) -> Optional[str]:
 
 def model_versions(store: "Store", name: str) -> list[ModelVersionRecord]:
     """Every version of registered model `name`, newest first, each with its run ([] if none)."""
-    client = store._registry()
+    client = _registry(store)
     try:
         aliases = client.get_registered_model(name).aliases or {}
         versions = client.search_model_versions(f"name = '{name}'")
