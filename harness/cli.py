@@ -111,6 +111,7 @@ def cmd_run(args) -> int:
         code = run_iteration(
             book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
             work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit,
+            system_metrics=args.system_metrics,
         ) or code
     return code
 
@@ -241,6 +242,26 @@ def cmd_sweep(args) -> int:
     return code
 
 
+def cmd_register(args) -> int:
+    from harness.registry import register_iteration
+
+    register_iteration(_ledger(args), args.iteration, alias=args.alias, tracking_uri=args.tracking_uri)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from harness.registry import list_models
+
+    return list_models(_ledger(args), tracking_uri=args.tracking_uri, as_json=args.json)
+
+
+def cmd_predict(args) -> int:
+    from harness.registry import predict
+
+    return predict(args.model, args.paths, book_loader=lambda: _ledger(args), tracking_uri=args.tracking_uri,
+                   as_json=args.json, out_csv=args.out)
+
+
 def _usage(message: str):
     from harness.errors import InputError
 
@@ -276,6 +297,31 @@ def _add_training_inputs(parser):
                         help="train on the first N images only (default: all the profile allows)")
 
 
+def _add_model_commands(sub) -> None:
+    """register, models, predict: a finished run's MLflow Model (harness.registry)."""
+    p = sub.add_parser("register", help="register the latest finished run's model (registered model = the experiment)")
+    p.add_argument("iteration")
+    p.add_argument("--alias", default=None, metavar="A", help="also point this alias at the new version (champion, say)")
+    _add_ledger(p)
+    _add_tracking(p)
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("models", help="the registered model's versions: alias, iteration, data, val accuracy, run")
+    _add_ledger(p)
+    p.add_argument("--json", action="store_true", help="print the versions as JSON")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("predict", help="each image's label and probability per head, from an iteration's or a registered model")
+    p.add_argument("model", metavar="ITER|models:/NAME@ALIAS", help="an iteration (its latest finished run) or a models:/ URI")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of them")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--out", default=None, metavar="FILE.csv", help="write the predictions as CSV (one row per image)")
+    _add_ledger(p)
+    _add_tracking(p)
+    p.set_defaults(func=cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -309,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                    help="train the iterations at once as Ray tasks (pip install -e .[cluster]): auto (default) "
                         "joins $RAY_ADDRESS or starts a head on 127.0.0.1; or a cluster's HOST:PORT")
+    p.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
+                   help="do not log CPU, memory, disk and GPU use (MLflow system metrics, on by default)")
     _add_tracking(p)
     _add_work_dir(p)
     p.set_defaults(func=cmd_run)
@@ -410,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the comparison as one JSON object")
     _add_tracking(p)
     p.set_defaults(func=cmd_compare)
+
+    _add_model_commands(sub)
 
     p = sub.add_parser("ui", help="the MLflow UI over the project's store (prints the URL to open)")
     _add_ledger(p)

@@ -19,7 +19,7 @@ from typing import Optional, Protocol
 from harness import ledger, metrics
 from harness.errors import InputError
 from harness.profiles import announcement
-from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
+from harness.records import (KILLED, NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
                              TAG_SYNTHETIC, Decision, RunRecord)
 
 
@@ -112,6 +112,12 @@ class Prepared:
 
         return FeatureInputs.of(self.iteration, self.table, self.parts.train, self.parts.val)
 
+    def lineage(self):
+        """The data as the run's MLflow dataset input records it (harness.records.DataLineage)."""
+        from harness.data.source import lineage
+
+        return lineage(self.table, self.parts.train, self.parts.val)
+
     def data_label(self, bundle) -> str:
         """The data as a pass header names it: folder, split sizes, image size."""
         folder = Path(str(getattr(self.table, "folder", self.data_dir or self.iteration.data.name))).name
@@ -163,7 +169,7 @@ class Variant(Protocol):
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
                   skip_bad_rows: bool = False, skip_finished: bool = False, limit: Optional[int] = None,
-                  variant: Optional[Variant] = None, log=print) -> int:
+                  variant: Optional[Variant] = None, system_metrics: bool = True, log=print) -> int:
     """Train one iteration (or a `variant` of it); returns an exit code (0 done or skipped, 1 diverged)."""
     prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log, limit=limit,
                        changes=variant.changes if variant else None)
@@ -184,7 +190,8 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
         return 0
     bundle = prepared.datasets(work.cache)
     tracker = store.start(decision, book.experiment, prepared.iteration,
-                          {**prepared.tags, **(variant.tags if variant else {})}, variant.run_name if variant else None)
+                          {**prepared.tags, **(variant.tags if variant else {})}, variant.run_name if variant else None,
+                          data=prepared.lineage(), system_metrics=system_metrics)
     tracker = variant.watch(tracker) if variant else tracker
     if decision.kind == NEW:
         from harness.data.overlap import training_record
@@ -218,12 +225,31 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
     except BaseException as exc:
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
-    summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), runner.selected_summary(results))
+    selected = runner.selected_summary(results)
+    log_final_model(prepared, tracker, runner.final_checkpoint(), selected.get(metrics.SELECTED_EPOCH), log)
+    summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), selected)
     dataset = prepared.iteration.data.name
     log(f"{name}: FINISHED, {metrics.selected_phrase(summary, dataset)}; run {tracker.run_id}; "
         f"open the UI with `make ui` (experiment {experiment})")
     log(_verdict(prepared, bundle, summary, store, experiment))
     return 0
+
+
+def log_final_model(prepared: Prepared, tracker, checkpoint: Path, selected_epoch: Optional[int], log) -> None:
+    """The run's selected checkpoint as an MLflow Model, once, before the run is marked finished.
+    If logging fails the run is left KILLED, so the same command resumes it and logs it again."""
+    from harness.predict import ModelCard, example_image
+
+    if not Path(checkpoint).exists():
+        return
+    card = ModelCard.of(prepared.iteration, tracker.run_id, prepared.profile, str(getattr(prepared.table, "fingerprint", "")),
+                        selected_epoch)
+    try:
+        tracker.log_model(checkpoint, card, example_image(prepared.table, prepared.parts.val), step=int(selected_epoch or 0))
+    except Exception as exc:
+        tracker.fail(f"logging the model failed: {type(exc).__name__}: {exc}", status=KILLED)
+        log(f"{prepared.iteration.name}: logging the MLflow Model failed ({exc}); run the same command again to finish")
+        raise
 
 
 def _verdict(prepared: Prepared, bundle, summary: dict, store, experiment: str) -> str:

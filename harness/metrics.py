@@ -54,6 +54,8 @@ LR_FIND_LR = "lr_find_lr"
 LR_FIND_LOSS = "lr_find_loss"
 LR_FIND_SMOOTHED_LOSS = "lr_find_smoothed_loss"
 SUGGESTED_LR = "suggested_lr"
+# MLflow's system metrics (harness run logs them unless --no-system-metrics) all start with this.
+SYSTEM_PREFIX = "system/"
 MAX_LR = "max_lr"
 
 # A sweep's parent run: each trial's objective value (step = trial number), the best value once

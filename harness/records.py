@@ -58,6 +58,16 @@ KILLED = "KILLED"
 RUNNING = "RUNNING"
 UNFINISHED = (RUNNING, KILLED, "SCHEDULED")
 
+# A synthetic-data run's displayed name carries this mark (`eleventh · synthetic`); its
+# TAG_ITERATION stays the plain iteration name, which is what every look-up uses.
+SYNTHETIC_MARK = " · synthetic"
+
+
+def display_name(iteration: str, synthetic: bool) -> str:
+    """The parent run's name as the MLflow UI shows it."""
+    return iteration + (SYNTHETIC_MARK if synthetic else "")
+
+
 # Decision kinds.
 NEW, RESUME, SKIP = "new", "resume", "skip"
 
@@ -124,3 +134,36 @@ class Decision:
     kind: str
     run: Optional[RunRecord] = None
     message: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DataLineage:
+    """The data a run trained on, as its MLflow dataset input records it: `digest` is the data
+    fingerprint (harness.data), `source` the folder, the split sizes, and whether it is the
+    generated synthetic set (whose numbers must never pass for real ones)."""
+
+    name: str  # the folder's name (hvc-synth, hvc) or the dataset's source
+    digest: str
+    source: str
+    dataset: str  # hvc, cifar10
+    n_train: int
+    n_val: int
+    synthetic: bool
+
+    def profile(self) -> dict:
+        return {"dataset": self.dataset, "train_images": self.n_train, "val_images": self.n_val,
+                "synthetic": self.synthetic}
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    """One version of a registered model, as `harness models` lists it; `run` is the run that
+    logged it (None when the run is gone)."""
+
+    name: str
+    version: str
+    aliases: tuple
+    run_id: str
+    created: int  # ms since the epoch
+    tags: dict = field(default_factory=dict)
+    run: Optional[RunRecord] = None

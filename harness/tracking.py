@@ -18,22 +18,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from mlflow.entities import Metric, Param, ViewType
+import mlflow
+import pandas as pd
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
 from harness import metrics
+from harness.errors import InputError
 from harness.ledger import Iteration, flatten
 from harness.records import (
     EXPERIMENT_KIND_TRAINING, FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME,
-    RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION,
-    TAG_KIND, TAG_PASS, TAG_PRUNED, TAG_REFERENCE, TAG_SPLIT, UNFINISHED, Decision, MetricPoint, RunRecord,
+    RUNNING, SKIP, TAG_CONFIG_SHA, TAG_DATA, TAG_DATA_DIR, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON,
+    TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_PASS, TAG_PROFILE, TAG_PRUNED, TAG_REFERENCE, TAG_SPLIT, TAG_SYNTHETIC,
+    UNFINISHED, DataLineage, Decision, MetricPoint, ModelVersionRecord, RunRecord, display_name,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -260,13 +267,19 @@ class Store:
         return None
 
     def start(self, decision: Decision, experiment: str, iteration: Iteration, tags: dict,
-              run_name: Optional[str] = None) -> "RunTracker":
-        """The tracker of the run `decision` names: a new parent run (params, config.yaml) or the
-        resumed one. `run_name` replaces the iteration's name (a sweep trial's run)."""
+              run_name: Optional[str] = None, data: Optional[DataLineage] = None,
+              system_metrics: bool = False) -> "RunTracker":
+        """The tracker of the run `decision` names: a new parent run (params, config.yaml, the
+        data as a dataset input, a synthetic run's marked name) or the resumed one. `run_name`
+        replaces the iteration's name (a sweep trial's run); with `system_metrics`, MLflow's
+        monitor samples CPU, memory, disk (and GPU) until it ends."""
         if decision.kind == SKIP:
             raise ValueError(f"{iteration.name}: a skipped iteration has no run to start")
         resumed = decision.run if decision.kind == RESUME else None
-        return RunTracker(self._client, self.experiment_id(experiment), iteration, tags, resumed, run_name)
+        tracker = RunTracker(self._client, self.experiment_id(experiment), iteration, tags, resumed, run_name, data)
+        if system_metrics:
+            tracker.monitor = SystemMetrics(self.uri, tracker.run_id, resumed is not None)
+        return tracker
 
     def end_run(self, run_id: str, status: str, reason: str) -> None:
         """Close a run some other process left open (a killed sweep worker's trial), with the
@@ -356,10 +369,13 @@ class RunTracker:
     epoch_finished, pass_finished), plus model_built, replay, finish and fail."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, iteration: Iteration, tags: dict,
-                 resumed: Optional[RunRecord] = None, run_name: Optional[str] = None):
+                 resumed: Optional[RunRecord] = None, run_name: Optional[str] = None,
+                 data: Optional[DataLineage] = None):
         self._client, self._experiment_id, self.iteration = client, experiment_id, iteration
         self._children: dict[int, str] = {}
-        self.name = resumed.name if resumed is not None else run_name or iteration.name
+        self.name = resumed.name if resumed is not None else (
+            run_name or display_name(iteration.name, data is not None and data.synthetic))
+        self.monitor: Optional[SystemMetrics] = None
         if resumed is not None:
             self.run_id = resumed.run_id
             self._client.update_run(self.run_id, status=RUNNING)
@@ -367,9 +383,12 @@ class RunTracker:
                 self._children[int(child.data.tags[TAG_PASS])] = child.info.run_id
             self._logged_steps = {m.step for m in self._client.get_metric_history(self.run_id, metrics.LOSS)}
             return
+        synthetic = {TAG_SYNTHETIC: str(data.synthetic).lower()} if data is not None else {}
         self.run_id = self._client.create_run(experiment_id, run_name=self.name,
-                                              tags={**_run_tags(iteration), **git_tags(), **tags}).info.run_id
+                                              tags={**_run_tags(iteration), **git_tags(), **tags, **synthetic}).info.run_id
         self._logged_steps: set = set()
+        if data is not None:
+            _log_dataset(self._client, self.run_id, data)
         params = _params(iteration.training_dict())
         for start in range(0, len(params), 100):
             self._client.log_batch(self.run_id, params=params[start:start + 100])
@@ -442,6 +461,7 @@ class RunTracker:
             self._client.log_artifact(self.run_id, str(final_checkpoint), "checkpoint")
         if results:
             self._client.log_dict(self.run_id, {f"pass-{r.index + 1}": r.eval for r in results}, "eval.json")
+        self._stop_monitor()
         self._client.set_terminated(self.run_id, FINISHED)
         return summary
 
@@ -470,11 +490,23 @@ class RunTracker:
 
     def fail(self, reason: str, status: str = FAILED) -> None:
         """The run ends FAILED (or KILLED) with its reason; so does any pass still running."""
+        self._stop_monitor()
         self._client.set_tag(self.run_id, TAG_FAILURE_REASON, reason[:5000])
         for child in self._children.values():
             if self._client.get_run(child).info.status == RUNNING:
                 self._client.set_terminated(child, status)
         self._client.set_terminated(self.run_id, status)
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
+
+    def log_model(self, checkpoint: Path, card, example: bytes, step: int = 0) -> str:
+        """The checkpoint as this run's MLflow Model, once, at the end (see log_model below);
+        `step` is the selected epoch. Returns the models:/ URI."""
+        return log_model(self._client, self._experiment_id, self.run_id, self.iteration.name, checkpoint, card,
+                         example, step)
 
 
 class SweepRun:
@@ -561,3 +593,232 @@ class RunReader:
             pass
         matches = [r for r in self.runs() + self.references() if r.run_id.startswith(run_id)]
         return self._store.run(matches[0].run_id) if len(matches) == 1 else None
+
+
+# --------------------------------------------------------------------------- data, system metrics
+
+
+def _log_dataset(client: MlflowClient, run_id: str, data: DataLineage) -> None:
+    """The run's data as an MLflow dataset input (the run page's Datasets): digest = the data
+    fingerprint, source = the folder, the split sizes and the synthetic flag in its profile."""
+    dataset = Dataset(name=data.name, digest=data.digest, source_type="local",
+                      source=json.dumps({"uri": data.source}), profile=json.dumps(data.profile()))
+    tags = [InputTag("mlflow.data.context", "training"), InputTag(TAG_SYNTHETIC, str(data.synthetic).lower())]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+
+
+class SystemMetrics:
+    """MLflow's system-metrics monitor on one run: CPU, memory, disk, network, and GPU use and
+    memory through nvidia-ml-py when a GPU is visible. It samples on a daemon thread (every 10 s,
+    or $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL), so a killed process simply loses the thread,
+    and a resumed run continues its steps. `stop` also logs what was sampled since the last
+    point, so a run shorter than one interval still gets a point."""
+
+    def __init__(self, uri: str, run_id: str, resumed: bool, interval: float = 10.0):
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resumed,
+                                             tracking_uri=uri)
+        self._monitor.start()
+
+    def stop(self) -> None:
+        monitor = self._monitor
+        monitor.finish()
+        leftover = monitor.aggregate_metrics()
+        if leftover:
+            try:
+                monitor.publish_metrics(leftover)
+                monitor.mlflow_logger.flush()
+            except MlflowException:
+                pass  # the run is gone or terminated: nothing left to record
+
+
+# --------------------------------------------------------------------------- the model as an MLflow Model
+
+MODEL_NAME = "model"  # the logged model's name in its run
+KERAS_ARTIFACT = "model.keras"
+CARD_ARTIFACT = "card.json"
+# Models from code (MLflow's way that pickles nothing): loading the model runs this file, which
+# hands MLflow a HarnessModel; the harness package travels with the model as code_paths.
+MODEL_CODE_FILE = "harness_model.py"
+MODEL_CODE = ('"""The ledger harness\'s pyfunc model: MLflow runs this file to obtain it."""\n'
+              "import mlflow\n\nfrom harness.tracking import HarnessModel\n\nmlflow.models.set_model(HarnessModel())\n")
+
+
+class HarnessModel(PythonModel):
+    """The pyfunc face of harness.predict.Predictor: loads the .keras file (safe_mode=True) and
+    its card; `predict` takes a DataFrame with an `image` column of encoded image bytes and
+    returns one row per image with every head's label and probability (columns documented in
+    harness/predict.py). A thin adapter: the logic lives where MLflow is not imported."""
+
+    def load_context(self, context):
+        from harness.predict import Predictor
+
+        self.predictor = Predictor.load(context.artifacts[KERAS_ARTIFACT], context.artifacts[CARD_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self.predictor.predict_frame(model_input)
+
+
+def log_model(client: MlflowClient, experiment_id: str, run_id: str, iteration: str, checkpoint: Path, card,
+              example: bytes, step: int = 0) -> str:
+    """A checkpoint as an MLflow Model `model` of a run: the .keras file and the card
+    (harness.predict.ModelCard) as artifacts, loaded by HarnessModel; a signature, one real image
+    as input example (MLflow checks at logging that it predicts), explicit pip requirements
+    (inferring them loads the model in a subprocess: the slow part of mlflow.keras.log_model).
+    `step` links that epoch's metrics to the model page. Returns the models:/ URI."""
+    import tempfile
+
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        card_file = card.save(Path(tmp) / CARD_ARTIFACT)
+        code_file = Path(tmp) / MODEL_CODE_FILE
+        code_file.write_text(MODEL_CODE)
+        with _tracking_uri(client.tracking_uri, experiment_id):
+            info = Model.log(
+                artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
+                python_model=str(code_file), artifacts={KERAS_ARTIFACT: str(checkpoint), CARD_ARTIFACT: str(card_file)},
+                code_paths=[str(Path(__file__).resolve().parent)], signature=_signature(card),
+                input_example=_input_example(example), pip_requirements=_pip_requirements(),
+                tags={TAG_ITERATION: iteration},
+            )
+    return info.model_uri
+
+
+def _signature(card):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from harness.predict import INPUT_COLUMN, PROB_SUFFIX
+
+    outputs = [ColSpec("double" if column.endswith(PROB_SUFFIX) else "string", column) for column in card.columns()]
+    return ModelSignature(inputs=Schema([ColSpec("binary", INPUT_COLUMN)]), outputs=Schema(outputs))
+
+
+def _input_example(image: bytes):
+    from harness.predict import input_frame
+
+    return input_frame([image])
+
+
+def _pip_requirements() -> list[str]:
+    """What the model needs to load, pinned to what trained it (the harness code itself travels
+    with the model as code_paths)."""
+    from importlib import metadata
+
+    def installed(*names):
+        for name in names:
+            try:
+                return f"{name}=={metadata.version(name)}"
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    wanted = [("mlflow",), ("keras",), ("tensorflow", "tensorflow-cpu"), ("numpy",), ("pandas",), ("pillow",),
+              ("pydantic",), ("pyyaml",)]
+    return [pin for names in wanted if (pin := installed(*names))]
+
+
+@contextmanager
+def _tracking_uri(uri: str, experiment_id: Optional[str] = None):
+    """MLflow's global tracking URI (and, given, its active experiment) set for the calls that
+    only read those (model logging, registering, loading models:/ URIs), then put back. Without
+    the experiment a logged model would land in experiment 0, under ./mlruns of the current
+    folder. MLflow writes $MLFLOW_TRACKING_URI when the global changes: restored too."""
+    saved = {name: os.environ.get(name) for name in (TRACKING_URI_ENV, "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+    if experiment_id is not None:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+        os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[TRACKING_URI_ENV])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _registry(store: "Store") -> MlflowClient:
+    """A client whose model registry is this store (SQLite or server alike)."""
+    return MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+
+
+def model_uri(store: "Store", run_id: str) -> Optional[str]:
+    """The models:/ URI of the MLflow Model a run logged (the newest), or None."""
+    outputs = store._client.get_run(run_id).outputs
+    models = list(outputs.model_outputs) if outputs is not None else []
+    return f"models:/{models[-1].model_id}" if models else None
+
+
+def register(store: "Store", name: str, run: RunRecord, alias: Optional[str] = None) -> ModelVersionRecord:
+    """A new version of registered model `name` (created on first use) from the run's logged
+    model, tagged with the run's iteration, data and profile; `alias` (champion, say) moved to it."""
+    if alias is not None and alias_problem(alias):
+        raise InputError(f"--alias {alias}: {alias_problem(alias)}")
+    uri = model_uri(store, run.run_id)
+    if uri is None:
+        raise InputError(f"{run.iteration}: run {run.run_id} logged no MLflow Model (it finished before models were "
+                         f"logged); train it again with --fresh")
+    tags = {key: run.tags[key] for key in (TAG_ITERATION, TAG_DATA, TAG_DATA_DIR, TAG_PROFILE, TAG_SYNTHETIC)
+            if key in run.tags}
+    with _tracking_uri(store.uri):
+        version = mlflow.register_model(uri, name, tags=tags)
+    client = _registry(store)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return _version_record(client.get_model_version(name, version.version), run)
+
+
+def alias_problem(alias: str) -> Optional[str]:
+    """Why the registry would refuse `alias` (its rules in MLflow 3.17: letters, digits, `_` and
+    `-`, at most 255 characters, not `latest` nor a version name like v3), checked before a
+    version is written; None if it is fine."""
+    if not re.fullmatch(r"[\w\-]{1,255}", alias):
+        return "an alias is 1-255 letters, digits, underscores (_) or dashes (-)"
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        return "reserved by the MLflow registry (latest and v<number> name versions)"
+    return None
+
+
+def model_versions(store: "Store", name: str) -> list[ModelVersionRecord]:
+    """Every version of registered model `name`, newest first, each with its run ([] if none)."""
+    client = _registry(store)
+    try:
+        aliases = client.get_registered_model(name).aliases or {}
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    records = []
+    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        try:
+            run = store.run(version.run_id) if version.run_id else None
+        except MlflowException:
+            run = None
+        # search_model_versions leaves out aliases on some stores; the registered model has them
+        named = tuple(sorted(alias for alias, number in aliases.items() if str(number) == str(version.version)))
+        records.append(_version_record(version, run, named))
+    return records
+
+
+def _version_record(version, run: Optional[RunRecord], aliases: Optional[tuple] = None) -> ModelVersionRecord:
+    aliases = aliases if aliases is not None else tuple(version.aliases or ())
+    return ModelVersionRecord(name=version.name, version=str(version.version), aliases=aliases,
+                              run_id=version.run_id or "", created=version.creation_timestamp,
+                              tags=dict(version.tags or {}), run=run)
+
+
+def load_predictor(store: "Store", uri: str):
+    """The harness.predict.Predictor inside an MLflow Model (models:/NAME@ALIAS, models:/NAME/3,
+    models:/m-..., runs:/...), loaded through pyfunc as any MLflow user would load it."""
+    import mlflow.pyfunc
+
+    with _tracking_uri(store.uri):
+        try:
+            model = mlflow.pyfunc.load_model(uri)
+        except MlflowException as exc:
+            raise InputError(f"{uri}: no such model in {store.uri} ({exc.message.splitlines()[0]})") from None
+    return model.unwrap_python_model().predictor

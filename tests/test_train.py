@@ -153,7 +153,7 @@ def test_two_passes_log_one_parent_two_children_with_contiguous_steps(book, synt
     store, runs = parents(store_uri, "two")
     assert len(runs) == 1
     parent = runs[0]
-    assert parent.status == "FINISHED" and parent.name == "two"
+    assert parent.status == "FINISHED" and parent.name == "two · synthetic"  # the tag stays "two"
     tags = parent.tags
     assert tags["harness.iteration"] == "two" and tags["harness.extends"] == "one"
     assert tags["harness.config_sha"] == book.resolve("two").config_sha()

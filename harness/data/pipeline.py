@@ -241,21 +241,49 @@ def _gather_batches(array: np.ndarray, ids: tf.data.Dataset, batch: int, drop_re
 
 
 def _jpeg_loader(sizes: np.ndarray, size: int):
-    """path -> (S, S, 3) uint8. Decodes at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, far
-    cheaper than decoding in full and shrinking) when every image stays at least S that way;
+    """path -> (S, S, 3) uint8 (see _jpeg_decoder)."""
+    decode = _jpeg_decoder(sizes, size)
+    return lambda path: decode(tf.io.read_file(path))
+
+
+def _jpeg_decoder(sizes: np.ndarray, size: int):
+    """JPEG bytes -> (S, S, 3) uint8. Decodes at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+    far cheaper than decoding in full and shrinking) when every image stays at least S that way;
     skips the resize when every image already is S x S."""
     exact = len(sizes) > 0 and bool((sizes == size).all())
     smallest = int(sizes.min()) if len(sizes) else size
     ratio = max([r for r in (1, 2, 4, 8) if smallest // r >= size] or [1])
 
-    def load(path):
-        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, ratio=ratio)
+    def decode(contents):
+        image = tf.io.decode_jpeg(contents, channels=3, ratio=ratio)
         if exact:
             return tf.ensure_shape(image, [size, size, 3])
-        image = tf.image.resize(image, [size, size], antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return _resize_uint8(image, size)
 
-    return load
+    return decode
+
+
+def _resize_uint8(image, size: int):
+    image = tf.image.resize(image, [size, size], antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def jpeg_for_model(contents: bytes, size: int) -> np.ndarray:
+    """One JPEG file's bytes -> (S, S, 3) float32 in [0, 1], exactly as training and `harness
+    eval` feed an hvc image to the model (same DCT-scaled decode, resize and rounding), so a
+    prediction on the file agrees with the evaluation of it."""
+    height, width = (int(v) for v in tf.io.extract_jpeg_shape(contents)[:2])
+    image = _jpeg_decoder(np.array([[height, width]]), size)(tf.constant(contents))
+    return image.numpy().astype(np.float32) / 255.0
+
+
+def pixels_for_model(pixels: np.ndarray, size: int) -> np.ndarray:
+    """A decoded (H, W, 3) uint8 image of any size (a PNG, say) -> (S, S, 3) float32 in [0, 1],
+    resized and rounded as the JPEG path resizes."""
+    image = tf.constant(pixels, dtype=tf.uint8)
+    if tuple(pixels.shape[:2]) != (size, size):
+        image = _resize_uint8(image, size)
+    return image.numpy().astype(np.float32) / 255.0
 
 
 def _decode_all(paths: np.ndarray, load, out: np.ndarray) -> np.ndarray:

@@ -49,3 +49,15 @@ def open_dataset(iteration, data_dir: Optional[Union[str, Path]] = None, skip_ba
     if table.skipped_message:
         messages.append(table.skipped_message)
     return table, messages
+
+
+def lineage(table, train_rows, val_rows):
+    """What the run's MLflow dataset input records about its data (harness.records.DataLineage)."""
+    from harness.data.synth import is_synthetic
+    from harness.records import DataLineage
+
+    folder = getattr(table, "folder", None)
+    source = str(folder) if folder is not None else str(getattr(table, "source", table.name))
+    return DataLineage(name=Path(folder).name if folder is not None else table.name, digest=str(table.fingerprint),
+                       source=source, dataset=table.name, n_train=len(train_rows), n_val=len(val_rows),
+                       synthetic=is_synthetic(table))

@@ -40,7 +40,8 @@ from harness.errors import InputError
 SIZE = 224
 DEFAULT_N = 2000
 DEFAULT_DIR = "hvc-synth"
-SYNTH_PREFIX = "images/synth/"  # the CSV filename of every generated row
+# Every generated row's `filename`: how a synthetic set is told from real data once loaded.
+SYNTH_PREFIX = "images/synth/"
 
 # Class frequencies of the real 6,000-row subset (../shared/data/hvc), in HVC_HEADS order.
 REAL_FREQUENCIES = {
@@ -235,7 +236,7 @@ def generate(out_dir: Union[str, Path], n: int = DEFAULT_N, seed: int = 0) -> Pa
         attrs = {head: int(values[row]) for head, values in labels.items()}
         image = draw_person(attrs, np.random.default_rng([seed, row]))
         image.save(out_dir / "resized" / f"{row + 1}.jpg", format="JPEG", quality=90)
-    frame = pd.DataFrame({"filename": [f"images/synth/{row + 1}.jpg" for row in range(n)]})
+    frame = pd.DataFrame({"filename": [f"{SYNTH_PREFIX}{row + 1}.jpg" for row in range(n)]})
     for head, classes in HVC_HEADS.items():
         frame[HVC_CSV_COLUMNS[head]] = np.asarray(classes, dtype=object)[labels[head]]
     frame["image_path"] = [f"resized/{row + 1}.jpg" for row in range(n)]
