@@ -135,14 +135,23 @@ def prepare(book, name, profile, data_dir, skip_bad_rows, log) -> Prepared:
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
                   skip_bad_rows: bool = False, skip_finished: bool = False, log=print) -> int:
-    """Train one iteration; returns an exit code (0 done or skipped, 1 diverged)."""
+    """Train one iteration; returns an exit code (0 done or skipped, 1 diverged). Another
+    process training it already (this work dir's lock, or a live lease on the store): refused
+    with IterationHeld before anything is written (harness.lease)."""
     prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log)
 
+    from harness.lease import IterationLock
     from harness.settings import work_dir as resolve_work_dir
+
+    work = resolve_work_dir(work_dir)
+    with IterationLock(work.root, book.experiment, name) as lock:
+        return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log)
+
+
+def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool, skip_finished: bool, log) -> int:
     from harness.tracking import Store
     from harness.train import RunState
 
-    work = resolve_work_dir(work_dir)
     store = Store(tracking_uri)
     decision = store.begin(book.experiment, prepared.iteration, fresh=fresh, skip_finished=skip_finished,
                            resumable=lambda run_id: RunState.exists(work.run(run_id)))
@@ -152,6 +161,7 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
         return 0
     bundle = prepared.datasets(work.cache)
     tracker = store.start(decision, book.experiment, prepared.iteration, prepared.tags)
+    lock.record(tracker.run_id)
     if decision.kind == NEW:
         tracker.model_built(*model_facts(prepared.iteration))
     return _train(prepared, bundle, decision, tracker, work.run(tracker.run_id), book.experiment, log)

@@ -12,6 +12,15 @@ the caller only hands events to the `RunTracker` that `Store.start` returns.
 
 The client API (explicit run ids) is used instead of mlflow's global active-run stack, because a
 resumed run must reopen a specific parent and child, and tests open several stores in one process.
+
+Many processes, one store (docs/scaling.md). A server URI is probed before use (harness.remote:
+one line naming it when it does not answer, MLflow's HTTP retries bounded). On SQLite, MLflow
+3.17 already gives every session a 20 s busy timeout, so concurrent writers wait for each other
+instead of failing; what does fail is two processes creating a new store at once (both run the
+schema migrations: "table ... already exists", "database is locked"), so a new store is opened
+under a file lock beside it. Two processes creating the same experiment: the loser reads the
+winner's. A running iteration carries a lease (harness.lease), renewed with each epoch's metrics
+in the same call, so a second `harness run` of it, on any machine, refuses.
 """
 
 from __future__ import annotations
@@ -24,15 +33,19 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from mlflow.entities import Metric, Param, ViewType
+from filelock import FileLock
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness import metrics
+from harness import metrics, remote
+from harness.errors import IterationHeld
+from harness.lease import Lease
 from harness.ledger import Iteration, flatten
 from harness.records import (
     FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXTENDS,
-    TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_PASS, UNFINISHED, Decision, MetricPoint,
-    RunRecord,
+    TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, UNFINISHED, Decision,
+    MetricPoint, RunRecord,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -84,6 +97,21 @@ def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str
     ]
 
 
+def open_client(uri: str) -> MlflowClient:
+    """A client for a resolved URI: a server is probed first (TrackingUnreachable, one line,
+    when it does not answer); a SQLite store is created and migrated by one process at a time."""
+    db = _sqlite_path(uri)
+    if db is None:
+        if remote.is_server(uri):
+            remote.configure_http_client()
+            remote.check_reachable(uri)
+        return MlflowClient(tracking_uri=uri)
+    with FileLock(f"{db}.lock"):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # creates and migrates the tables, if new
+    return client
+
+
 def git_tags(cwd: Optional[Path] = None) -> dict:
     """Commit and dirty flag of the code that ran (empty outside a git checkout)."""
     def git(*args):
@@ -131,7 +159,7 @@ class Store:
 
     def __init__(self, uri: Optional[str] = None):
         self.uri = resolve_uri(uri, create=True)
-        self._client = MlflowClient(tracking_uri=self.uri)
+        self._client = open_client(self.uri)
         self._experiments: dict[str, str] = {}
 
     def experiment_id(self, name: str, create: bool = True) -> Optional[str]:
@@ -140,10 +168,20 @@ class Store:
             found = self._client.get_experiment_by_name(name)
             if found is None and not create:
                 return None
-            root = artifact_root(self.uri)
-            self._experiments[name] = found.experiment_id if found is not None else self._client.create_experiment(
-                name, artifact_location=(root / name).as_uri() if root else None)
+            self._experiments[name] = found.experiment_id if found is not None else self._create_experiment(name)
         return self._experiments[name]
+
+    def _create_experiment(self, name: str) -> str:
+        """A new experiment (artifacts beside a SQLite store); when another process created it
+        a moment ago, that one."""
+        root = artifact_root(self.uri)
+        try:
+            return self._client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
+        except MlflowException:
+            found = self._client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     # ---- reading
 
@@ -205,14 +243,34 @@ class Store:
             done = self.latest_finished(experiment, name, sha)
             if done is not None:
                 return Decision(SKIP, done, f"{name}: already finished with this config (run {done.run_id[:8]}), skipping")
+        taken_over = self.check_leases(experiment, name)
         previous = None if fresh else self._unfinished(experiment, name, resumable)
         if previous is None:
-            return Decision(NEW)
+            return Decision(NEW, None, taken_over)
         if previous.config_sha == sha:
-            return Decision(RESUME, previous, f"{name}: resuming unfinished run {previous.run_id[:8]} "
-                                              f"(use --fresh to start over)")
-        return Decision(NEW, None, f"{name}: not resuming run {previous.run_id[:8]}: its config sha "
-                                   f"{previous.config_sha} differs from the ledger's {sha}; starting fresh")
+            return Decision(RESUME, previous, _lines(taken_over, f"{name}: resuming unfinished run "
+                                                                 f"{previous.run_id[:8]} (use --fresh to start over)"))
+        return Decision(NEW, None, _lines(taken_over, f"{name}: not resuming run {previous.run_id[:8]}: its config "
+                                                      f"sha {previous.config_sha} differs from the ledger's {sha}; "
+                                                      f"starting fresh"))
+
+    def check_leases(self, experiment: str, iteration: str) -> Optional[str]:
+        """Raise IterationHeld (naming host, pid and run) when a running run of the iteration
+        holds a live lease of another process; otherwise a line for each lease taken over (the
+        holder expired or, on this host, died), or None."""
+        query = (f"tags.`{TAG_KIND}` = '{KIND_ITERATION}' and tags.`{TAG_ITERATION}` = '{iteration}' "
+                 f"and attributes.status = '{RUNNING}'")
+        notes = []
+        for run in (_record(r) for r in self._search(experiment, query)):
+            lease = Lease.from_tag(run.tags.get(TAG_LEASE))
+            if lease is None or lease.mine_already():
+                continue
+            gone = lease.gone_because()
+            if gone is None:
+                raise IterationHeld(f"{iteration}: already being trained by {lease.holder(run.run_id)} (its lease "
+                                    f"runs until {lease.until()}); wait for it to finish, or stop that process")
+            notes.append(f"{iteration}: taking over run {run.run_id[:8]}'s lease: {gone}")
+        return _lines(*notes)
 
     def _unfinished(self, experiment: str, iteration: str, resumable: Callable[[str], bool]) -> Optional[RunRecord]:
         """The newest unfinished parent run with local state, unless a finished one is newer (a
@@ -229,8 +287,14 @@ class Store:
         resumed one."""
         if decision.kind == SKIP:
             raise ValueError(f"{iteration.name}: a skipped iteration has no run to start")
+        self.check_leases(experiment, iteration.name)  # again: another machine may have started since `begin`
         resumed = decision.run if decision.kind == RESUME else None
         return RunTracker(self._client, self.experiment_id(experiment), iteration, tags, resumed)
+
+
+def _lines(*parts: Optional[str]) -> Optional[str]:
+    """Log lines joined, None when there are none."""
+    return "\n".join(p for p in parts if p) or None
 
 
 def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict, curve, figure) -> str:
@@ -282,15 +346,17 @@ class RunTracker:
                  resumed: Optional[RunRecord] = None):
         self._client, self._experiment_id, self.iteration = client, experiment_id, iteration
         self._children: dict[int, str] = {}
+        self._longest_epoch = 0.0
         if resumed is not None:
             self.run_id = resumed.run_id
             self._client.update_run(self.run_id, status=RUNNING)
+            self._client.set_tag(self.run_id, TAG_LEASE, Lease.mine().to_tag())
             for child in self._client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}'"):
                 self._children[int(child.data.tags[TAG_PASS])] = child.info.run_id
             self._logged_steps = {m.step for m in self._client.get_metric_history(self.run_id, metrics.LOSS)}
             return
-        self.run_id = self._client.create_run(experiment_id, run_name=iteration.name,
-                                              tags={**_run_tags(iteration), **git_tags(), **tags}).info.run_id
+        self.run_id = self._client.create_run(experiment_id, run_name=iteration.name, tags={
+            **_run_tags(iteration), **git_tags(), **tags, TAG_LEASE: Lease.mine().to_tag()}).info.run_id
         self._logged_steps: set = set()
         params = _params(iteration.training_dict())
         for start in range(0, len(params), 100):
@@ -326,7 +392,12 @@ class RunTracker:
                                                                       "pass."))
 
     def epoch_finished(self, pass_index: int, step: int, values: dict) -> None:
-        self._log_metrics(self.run_id, values, step)
+        """The epoch's metrics on the parent and the pass run; the parent's call also renews
+        the lease (no extra request)."""
+        self._longest_epoch = max(self._longest_epoch, float(values.get(metrics.EPOCH_SECONDS, 0.0)))
+        lease = RunTag(TAG_LEASE, Lease.mine(self._longest_epoch).to_tag())
+        self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), _now(), step) for k, v in values.items()],
+                               tags=[lease])
         if pass_index in self._children:
             self._log_metrics(self._children[pass_index], values, step)
         self._logged_steps.add(step)
