@@ -14,7 +14,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 RUN_FLAGS = --ledger $(LEDGER) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run all table ui test bench lr-find validate list clean-venv
+.PHONY: help setup run all table ui test bench lr-find validate list clean-venv server server-stop
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,12 @@ table: setup ## Regenerate the results table from MLflow
 
 ui: setup ## Open the MLflow UI over mlruns/ (prints the URL)
 	$(BIN)/harness ui
+
+server: setup ## Start the team tracking server: PostgreSQL + MLflow on http://127.0.0.1:5000 (README: A team server)
+	$(BIN)/harness server $(SERVER_FLAGS)
+
+server-stop: setup ## Stop what `make server` started, by PID
+	$(BIN)/harness server --stop
 
 lr-find: setup ## LR range test: make lr-find ITER=second
 	@test -n "$(ITER)" || { echo "usage: make lr-find ITER=name"; exit 2; }

@@ -71,12 +71,19 @@ def cmd_run(args) -> int:
     names = book.names if args.all else args.iterations
     for name in names:
         book.resolve(name)  # every name checked before anything trains
+    from harness.errors import IterationHeld
+
     code = 0
     for name in names:
-        code = run_iteration(
-            book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
-            work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all,
-        ) or code
+        try:
+            code = run_iteration(
+                book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
+                work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all,
+            ) or code
+        except IterationHeld as held:
+            if not args.all:
+                raise
+            print(f"{held.lines[0]}; skipping it")  # --all on two machines shares the ledger out
     return code
 
 
@@ -135,6 +142,12 @@ def cmd_ui(args) -> int:
     from harness.ui import serve
 
     return serve(args.tracking_uri, host=args.host, port=args.port)
+
+
+def cmd_server(args) -> int:
+    from harness import server
+
+    return server.main(args)
 
 
 def cmd_lr_find(args) -> int:
@@ -264,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     p.set_defaults(func=cmd_ui)
 
+    p = sub.add_parser("server", help="the team's MLflow tracking server on PostgreSQL (--stop stops it)")
+    from harness.server import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_server)
+
     return parser
 
 
@@ -271,8 +290,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from harness.errors import InputError
+    from harness.remote import check_tracking
 
     try:
+        if hasattr(args, "tracking_uri"):
+            check_tracking(args.tracking_uri)  # a server that does not answer: one line, before any import
         return args.func(args)
     except InputError as exc:
         for line in exc.lines:
