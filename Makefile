@@ -19,6 +19,7 @@ RUN_FLAGS = --ledger $(LEDGER) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  Variables: ITER=name  PROFILE=full|cpu|smoke  DATA=dir  LEDGER=file  GPU=1 (setup with CUDA TensorFlow)"
+	@echo "             SERVER_FLAGS='--port 5050 ...' (make server; see harness server --help)"
 
 setup: $(STAMP) ## Create .venv and install the harness with its pinned dependencies (runs once)
 

@@ -30,7 +30,6 @@ from urllib.parse import quote
 from filelock import FileLock, Timeout
 
 from harness.errors import IterationHeld
-from harness.train.checkpoints import atomic_write
 
 LEASE_SECONDS_ENV = "HARNESS_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 1800.0
@@ -139,6 +138,8 @@ class IterationLock:
 
     def record(self, run_id: Optional[str]) -> None:
         """Name this process (and, once it has one, its run) as the holder."""
+        from harness.train.checkpoints import atomic_write  # here: `harness list` imports this module's callers
+
         holder = {"host": this_host(), "pid": os.getpid(), "run_id": run_id, "since": time.time()}
         atomic_write(self.holder_file, lambda tmp: tmp.write_text(json.dumps(holder)))
 

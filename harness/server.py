@@ -389,8 +389,8 @@ def start(folder: ServerFolder, host: str = "127.0.0.1", port: int = DEFAULT_POR
     then MLflow. Bad settings raise InputError (one line) before anything starts."""
     needed = exposure_problems(host, auth, allowed_hosts, folder)
     if needed:
-        raise InputError(f"harness server: {'--host ' + host + ' serves beyond this machine' if host not in LOOPBACK else '--auth'}"
-                         f" needs: {'; '.join(needed)}")
+        what = f"serving on --host {host}, beyond this machine," if host not in LOOPBACK else "--auth"
+        raise InputError(f"harness server: {what} needs: {'; '.join(needed)}")
     missing = _missing_packages(db_uri or "postgresql", auth)
     if missing:
         raise InputError(f"harness server: missing {', '.join(missing)}: pip install -e '.[server]' (make setup does)")

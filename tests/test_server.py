@@ -21,7 +21,7 @@ defaults:
   data: {name: hvc, image_size: 32, val_fraction: 0.25, cache: memory}
   backbone: {name: custom, freeze: none}
   head: {neck: gap, neck_units: 8, tower_units: [4], tower_dropouts: [0.0]}
-  optimizer: {name: adam, lr: 0.003}
+  optimizer: {name: sgd, lr: 0.01, momentum: 0.0}
   batch_size: {train: 12, eval: 12}
 profiles:
   cpu: {set: {}, max_epochs_per_pass: 1}
@@ -136,7 +136,7 @@ def test_serving_beyond_loopback_without_auth_refuses_in_one_line(tmp_path, caps
     folder = tmp_path / "server"
     assert cli.main(["server", "--host", "0.0.0.0", "--dir", str(folder)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: harness server: --host 0.0.0.0 serves beyond this machine needs: --auth ")
+    assert line.startswith("error: harness server: serving on --host 0.0.0.0, beyond this machine, needs: --auth ")
     assert "--allowed-hosts" in line and "MLFLOW_FLASK_SERVER_SECRET_KEY" in line
     assert not folder.exists()
 
