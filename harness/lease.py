@@ -30,6 +30,7 @@ from urllib.parse import quote
 from filelock import FileLock, Timeout
 
 from harness.errors import IterationHeld
+from harness.records import TAG_LEASE, RunRecord
 
 LEASE_SECONDS_ENV = "HARNESS_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 1800.0
@@ -108,6 +109,28 @@ class Lease:
 
     def until(self) -> str:
         return _clock(self.expires)
+
+
+def lines(*parts: Optional[str]) -> Optional[str]:
+    """Log lines joined, None when there are none."""
+    return "\n".join(p for p in parts if p) or None
+
+
+def check_running(iteration: str, running: list[RunRecord]) -> Optional[str]:
+    """Given an iteration's RUNNING runs: raise IterationHeld (naming host, pid and run) when
+    one holds a live lease of another process; otherwise a line for each lease taken over (its
+    holder expired or, on this host, died), or None. Runs without a lease hold nothing."""
+    notes = []
+    for run in running:
+        lease = Lease.from_tag(run.tags.get(TAG_LEASE))
+        if lease is None or lease.mine_already():
+            continue
+        gone = lease.gone_because()
+        if gone is None:
+            raise IterationHeld(f"{iteration}: already being trained by {lease.holder(run.run_id)} (its lease "
+                                f"runs until {lease.until()}); wait for it to finish, or stop that process")
+        notes.append(f"{iteration}: taking over run {run.run_id[:8]}'s lease: {gone}")
+    return lines(*notes)
 
 
 class IterationLock:

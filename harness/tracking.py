@@ -39,8 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness import metrics, remote
-from harness.errors import IterationHeld
-from harness.lease import Lease
+from harness.lease import Lease, check_running, lines
 from harness.ledger import Iteration, flatten
 from harness.records import (
     FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXTENDS,
@@ -112,6 +111,19 @@ def open_client(uri: str) -> MlflowClient:
     return client
 
 
+def create_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """A new experiment (artifacts beside a SQLite store); when another process created it a
+    moment ago, that one."""
+    root = artifact_root(uri)
+    try:
+        return client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 def git_tags(cwd: Optional[Path] = None) -> dict:
     """Commit and dirty flag of the code that ran (empty outside a git checkout)."""
     def git(*args):
@@ -168,20 +180,9 @@ class Store:
             found = self._client.get_experiment_by_name(name)
             if found is None and not create:
                 return None
-            self._experiments[name] = found.experiment_id if found is not None else self._create_experiment(name)
+            self._experiments[name] = (found.experiment_id if found is not None
+                                       else create_experiment(self._client, self.uri, name))
         return self._experiments[name]
-
-    def _create_experiment(self, name: str) -> str:
-        """A new experiment (artifacts beside a SQLite store); when another process created it
-        a moment ago, that one."""
-        root = artifact_root(self.uri)
-        try:
-            return self._client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
-        except MlflowException:
-            found = self._client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
 
     # ---- reading
 
@@ -248,29 +249,18 @@ class Store:
         if previous is None:
             return Decision(NEW, None, taken_over)
         if previous.config_sha == sha:
-            return Decision(RESUME, previous, _lines(taken_over, f"{name}: resuming unfinished run "
+            return Decision(RESUME, previous, lines(taken_over, f"{name}: resuming unfinished run "
                                                                  f"{previous.run_id[:8]} (use --fresh to start over)"))
-        return Decision(NEW, None, _lines(taken_over, f"{name}: not resuming run {previous.run_id[:8]}: its config "
+        return Decision(NEW, None, lines(taken_over, f"{name}: not resuming run {previous.run_id[:8]}: its config "
                                                       f"sha {previous.config_sha} differs from the ledger's {sha}; "
                                                       f"starting fresh"))
 
     def check_leases(self, experiment: str, iteration: str) -> Optional[str]:
-        """Raise IterationHeld (naming host, pid and run) when a running run of the iteration
-        holds a live lease of another process; otherwise a line for each lease taken over (the
-        holder expired or, on this host, died), or None."""
+        """harness.lease.check_running over the iteration's running runs: IterationHeld when one
+        holds a live lease of another process, else a line per lease taken over (or None)."""
         query = (f"tags.`{TAG_KIND}` = '{KIND_ITERATION}' and tags.`{TAG_ITERATION}` = '{iteration}' "
                  f"and attributes.status = '{RUNNING}'")
-        notes = []
-        for run in (_record(r) for r in self._search(experiment, query)):
-            lease = Lease.from_tag(run.tags.get(TAG_LEASE))
-            if lease is None or lease.mine_already():
-                continue
-            gone = lease.gone_because()
-            if gone is None:
-                raise IterationHeld(f"{iteration}: already being trained by {lease.holder(run.run_id)} (its lease "
-                                    f"runs until {lease.until()}); wait for it to finish, or stop that process")
-            notes.append(f"{iteration}: taking over run {run.run_id[:8]}'s lease: {gone}")
-        return _lines(*notes)
+        return check_running(iteration, [_record(r) for r in self._search(experiment, query)])
 
     def _unfinished(self, experiment: str, iteration: str, resumable: Callable[[str], bool]) -> Optional[RunRecord]:
         """The newest unfinished parent run with local state, unless a finished one is newer (a
@@ -290,11 +280,6 @@ class Store:
         self.check_leases(experiment, iteration.name)  # again: another machine may have started since `begin`
         resumed = decision.run if decision.kind == RESUME else None
         return RunTracker(self._client, self.experiment_id(experiment), iteration, tags, resumed)
-
-
-def _lines(*parts: Optional[str]) -> Optional[str]:
-    """Log lines joined, None when there are none."""
-    return "\n".join(p for p in parts if p) or None
 
 
 def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict, curve, figure) -> str:
