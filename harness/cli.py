@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
         try:
             code = run_iteration(
                 book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
-                work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all,
+                work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit,
             ) or code
         except IterationHeld as held:
             if not args.all:
@@ -95,12 +95,17 @@ def cmd_eval(args) -> int:
     book = _ledger(args)
     result = evaluate_iteration(book, args.iteration, data_dir=args.data, tracking_uri=args.tracking_uri,
                                 work_dir=args.work_dir, log_to_run=args.log)
+    scored = f"{args.iteration}: run {result['run_id'][:8]} (profile {result['profile']}), selected checkpoint, " \
+             f"{result['images']:,} images scored: {result['scored']}"
     if args.json:
+        print(scored, file=sys.stderr)  # stdout stays pure JSON for tools
         print(json.dumps(result["eval"], indent=1))
     else:
-        print(f"{args.iteration}: run {result['run_id'][:8]} (profile {result['profile']}) on {args.data or 'default data'}")
+        print(scored)
         for key, value in result["eval"].items():
             print(f"  {key:<22} {value:.4f}")
+    if result["warning"]:
+        print(result["warning"], file=sys.stderr)
     return 0
 
 
@@ -155,7 +160,15 @@ def cmd_lr_find(args) -> int:
 
     lr_find_iteration(_ledger(args), args.iteration, profile=args.profile, data_dir=args.data,
                       tracking_uri=args.tracking_uri, work_dir=args.work_dir, min_lr=args.min, max_lr=args.max,
-                      steps=args.steps, out=args.out)
+                      steps=args.steps, out=args.out, limit=args.limit)
+    return 0
+
+
+def cmd_reference(args) -> int:
+    from harness.reference import run_references
+
+    run_references(_ledger(args), data_dir=args.data, profile=args.profile, tracking_uri=args.tracking_uri,
+                   skip_bad_rows=args.skip_bad_rows)
     return 0
 
 
@@ -190,6 +203,8 @@ def _add_training_inputs(parser):
                         help="full, cpu or smoke (default: full with a GPU, cpu without)")
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="dataset folder (default: $HARNESS_DATA, else a synthetic set in data/)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="train on the first N images only (default: all the profile allows)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     _add_work_dir(p)
     p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("reference", help="fit the majority and linear-probe references on each split of the "
+                                         "ledger and log them (reference/majority, reference/linear-probe)")
+    _add_ledger(p)
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset folder (default: $HARNESS_DATA, else the synthetic set in data/)")
+    p.add_argument("--profile", default=None, metavar="NAME",
+                   help="the profile whose data rows to use (default: as written, all images)")
+    p.add_argument("--skip-bad-rows", action="store_true", help="drop bad CSV rows (and say which) instead of stopping")
+    _add_tracking(p)
+    p.set_defaults(func=cmd_reference)
 
     p = sub.add_parser("params", help="build the iteration's model (no training) and count its parameters")
     p.add_argument("iteration")

@@ -11,13 +11,16 @@ derived from the tracking URI.
 from __future__ import annotations
 
 import io
+
+import numpy as np
 from pathlib import Path
 from typing import Optional
 
-from harness import metrics
+from harness import ledger, metrics
 from harness.errors import InputError
-from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, Decision,
-                             RunRecord)
+from harness.profiles import announcement
+from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
+                             Decision, RunRecord)
 
 
 def gpu_visible() -> bool:
@@ -26,19 +29,13 @@ def gpu_visible() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def choose_profile(book, name: str, requested: Optional[str], log=print) -> str:
-    """An explicit --profile wins; otherwise `cpu` when no GPU is visible, announced on the
-    first line together with the command that trains the ledger as written."""
+def choose_profile(requested: Optional[str]) -> tuple[str, str]:
+    """(profile, why): an explicit --profile wins; otherwise `full` with a GPU, `cpu` without."""
     if requested:
-        log(f"profile {requested}: {book.profiles[requested].description if requested in book.profiles else 'the ledger as written'}")
-        return requested
+        return requested, "as asked"
     if gpu_visible():
-        log("profile full: a GPU is visible, training the ledger as written")
-        return "full"
-    description = book.profiles["cpu"].description
-    log(f"profile cpu (no GPU visible): {description}. "
-        f"To train as written: harness run {name} --ledger {book.path} --profile full")
-    return "cpu"
+        return "full", "a GPU is visible"
+    return "cpu", "no GPU visible"
 
 
 class ConsoleReporter:
@@ -85,13 +82,18 @@ class Prepared:
     """An iteration resolved under its profile, its data validated and split, seeds set."""
 
     def __init__(self, book, iteration, profile, table, parts, data_dir):
+        from harness.data.split import split_key
+
         self.iteration, self.profile, self.table, self.parts = iteration, profile, table, parts
         self.data_dir = data_dir
+        data = iteration.data
+        self.split_key = split_key(table, data.val_fraction, data.split_seed, data.validate_on_train)
         self.tags = {
             TAG_LEDGER: str(book.path),
             TAG_PROFILE: profile,
             TAG_DATA: str(getattr(table, "fingerprint", "")),
             TAG_DATA_DIR: str(getattr(table, "folder", data_dir or "")),
+            TAG_SPLIT: self.split_key,
         }
 
     def datasets(self, cache_dir: Optional[Path] = None):
@@ -111,14 +113,19 @@ class Prepared:
         return f"{folder} ({bundle.n_train} train / {bundle.n_val} val, {self.iteration.data.image_size} px)"
 
 
-def prepare(book, name, profile, data_dir, skip_bad_rows, log) -> Prepared:
+def prepare(book, name, profile, data_dir, skip_bad_rows, log, limit: Optional[int] = None) -> Prepared:
     """Everything before tracking: bad input fails here, before MLflow or a file is touched."""
     from harness.data.source import open_dataset
     from harness.data.split import split
 
-    book.resolve(name)  # a bad name or field fails before TensorFlow is even imported
-    profile = choose_profile(book, name, profile, log)
+    written = book.resolve(name)  # a bad name or field fails before TensorFlow is even imported
+    if limit is not None and limit <= 0:
+        raise InputError(f"--limit: a number of images must be positive (got {limit})")
+    profile, reason = choose_profile(profile)
     iteration = book.resolve(name, profile)
+    if limit is not None:
+        iteration = ledger.with_changes(iteration, {"data": {"limit": limit}})
+    log(announcement(name, profile, reason, written, iteration, book.path))
     table, messages = open_dataset(iteration, data_dir, skip_bad_rows=skip_bad_rows)
     for message in messages:
         log(message)
@@ -134,11 +141,12 @@ def prepare(book, name, profile, data_dir, skip_bad_rows, log) -> Prepared:
 
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
-                  skip_bad_rows: bool = False, skip_finished: bool = False, log=print) -> int:
+                  skip_bad_rows: bool = False, skip_finished: bool = False, limit: Optional[int] = None,
+                  log=print) -> int:
     """Train one iteration; returns an exit code (0 done or skipped, 1 diverged). Another
     process training it already (this work dir's lock, or a live lease on the store): refused
     with IterationHeld before anything is written (harness.lease)."""
-    prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log)
+    prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log, limit=limit)
 
     from harness.lease import IterationLock
     from harness.settings import work_dir as resolve_work_dir
@@ -163,11 +171,14 @@ def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool,
     tracker = store.start(decision, book.experiment, prepared.iteration, prepared.tags)
     lock.record(tracker.run_id)
     if decision.kind == NEW:
+        from harness.data.overlap import training_record
+
         tracker.model_built(*model_facts(prepared.iteration))
-    return _train(prepared, bundle, decision, tracker, work.run(tracker.run_id), book.experiment, log)
+        store.attach(tracker.run_id, training_record(prepared.table, prepared.parts.train), TRAINING_IMAGES)
+    return _train(prepared, bundle, decision, tracker, work.run(tracker.run_id), store, book.experiment, log)
 
 
-def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path, experiment: str, log) -> int:
+def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path, store, experiment: str, log) -> int:
     """The passes of a started run, every event handed to `tracker`; its end told to it too."""
     from harness.train import Runner, TrainingDiverged
 
@@ -191,16 +202,36 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
     except BaseException as exc:
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
-    summary = tracker.finish(runner.state.history, results, runner.final_checkpoint())
-    best = metrics.best_phrase(summary, prepared.iteration.data.name)
-    log(f"{name}: FINISHED, {best}; run {tracker.run_id}; open the UI with `make ui` (experiment {experiment})")
+    summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), runner.selected_summary(results))
+    dataset = prepared.iteration.data.name
+    log(f"{name}: FINISHED, {metrics.selected_phrase(summary, dataset)}; run {tracker.run_id}; "
+        f"open the UI with `make ui` (experiment {experiment})")
+    log(_verdict(prepared, bundle, summary, store, experiment))
     return 0
+
+
+def _verdict(prepared: Prepared, bundle, summary: dict, store, experiment: str) -> str:
+    """Whether the run learned anything: its selected checkpoint against majority accuracy and,
+    when `harness reference` fitted one on these validation images, the linear probe."""
+    from harness.records import REFERENCE_LINEAR_PROBE
+    from harness.reference import learning_verdict, majority_accuracy
+
+    it = prepared.iteration
+    majority = majority_accuracy(bundle.train_labels, bundle.val_labels)
+    probe = None if it.data.validate_on_train else store.references(experiment, prepared.split_key).get(
+        REFERENCE_LINEAR_PROBE)
+    return learning_verdict(it.name, summary, it.data.name, majority, probe, it.loss.class_weighting)
+
+
+TRAINING_IMAGES = "data/training_images.json"  # the run's training rows (harness.data.overlap)
 
 
 def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri: Optional[str] = None,
                        work_dir: Optional[str] = None, log_to_run: bool = False) -> dict:
-    """The notes' evaluate dict for the latest finished run's best checkpoint on any folder in
-    the hvc format (a held-out set, say). The checkpoint is downloaded into the work dir."""
+    """The notes' evaluate dict, plus each head's balanced accuracy, for the selected checkpoint of
+    the latest finished run: on the run's own validation split, or on every image of another
+    folder in the same format (a held-out set, say), checked for images the run trained on.
+    The checkpoint is downloaded into the work dir."""
     from harness.settings import work_dir as resolve_work_dir
     from harness.tracking import Store
 
@@ -211,36 +242,92 @@ def evaluate_iteration(book, name: str, *, data_dir: Optional[str], tracking_uri
         raise InputError(f"{name}: no finished run in experiment '{book.experiment}' of {store.uri}; "
                          f"train it first with `make run ITER={name}`")
     iteration = book.resolve(name, run.profile)
+    table, rows, scored = _eval_rows(run, iteration, data_dir)
+    warning = None if data_dir is None else _overlap_warning(store, run, table, rows)
     work = resolve_work_dir(work_dir)
     work.root.mkdir(parents=True, exist_ok=True)
-    result = _evaluate_checkpoint(store, run, iteration, data_dir, work.root)
+    result = _evaluate_checkpoint(store, run, iteration, table, rows, work.root)
     if log_to_run:
         store.attach(run.run_id, result, f"eval/{Path(str(data_dir)).name or 'data'}.json")
-    return {"run_id": run.run_id, "profile": run.profile, "eval": result}
+    return {"run_id": run.run_id, "profile": run.profile, "eval": result, "images": len(rows), "scored": scored,
+            "warning": warning}
 
 
-def _evaluate_checkpoint(store, run: RunRecord, iteration, data_dir, scratch: Path) -> dict:
+def _eval_rows(run: RunRecord, iteration, data_dir: Optional[str]):
+    """(table, rows, what they are): the run's validation split when no folder is given, else
+    every image of the folder (CIFAR-10: its test batch)."""
+    from harness.data.source import open_dataset
+    from harness.data.split import split
+
+    if data_dir is None:
+        table, _ = open_dataset(iteration, run.data_dir or None)
+        data = iteration.data
+        parts = split(table, data.val_fraction, data.split_seed, validate_on_train=data.validate_on_train)
+        changed = "" if table.fingerprint == run.data_fingerprint else " (WARNING: the data changed since the run)"
+        return table, parts.val, f"the run's validation split of {run.data_dir or table.name}{changed}"
+    if iteration.data.name == "cifar10":
+        from harness.data.cifar10 import load_cifar10
+
+        table = load_cifar10(data_dir)
+        rows = table.predefined_split[1] if table.predefined_split is not None else np.arange(len(table))
+        return table, rows, f"{data_dir}"
+    from harness.data.hvc import load_hvc
+
+    table = load_hvc(data_dir)
+    return table, np.arange(len(table)), f"every image of {data_dir}"
+
+
+def _overlap_warning(store, run: RunRecord, table, rows) -> Optional[str]:
+    """A line when the evaluated images include the run's training images (by path or bytes)."""
+    import json
+    import tempfile
+
+    from harness.data.overlap import overlap
+
+    with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
+        try:
+            record = json.loads(store.download(run.run_id, TRAINING_IMAGES, Path(tmp)).read_text())
+        except Exception:  # a run from before training rows were recorded
+            return (f"WARNING: run {run.run_id[:8]} has no record of its training images ({TRAINING_IMAGES}), "
+                    f"so overlap with them was not checked")
+    found = overlap(record, table, rows)
+    if not found.shared:
+        return None
+    return (f"WARNING: {found.shared} of {len(rows)} images are training images of run {run.run_id[:8]} "
+            f"({found.by_path} by path, {found.by_content} by identical content; e.g. {found.example}): "
+            f"these numbers are not held-out")
+
+
+def _evaluate_checkpoint(store, run: RunRecord, iteration, table, rows, scratch: Path) -> dict:
     import tempfile
 
     from harness.data.labels import heads_for
     from harness.data.pipeline import eval_dataset
     from harness.models import load_model
     from harness.train import labels_for_model
+    from harness.train.loop import predicted_classes
 
+    dataset_name = iteration.data.name
+    heads = heads_for(dataset_name)
     with tempfile.TemporaryDirectory(prefix="eval-", dir=scratch) as tmp:
         checkpoint = store.download(run.run_id, "checkpoint", Path(tmp))
         files = sorted(Path(checkpoint).glob("*.keras"))
         if not files:
             raise InputError(f"{iteration.name}: run {run.run_id} has no checkpoint artifact")
         model = load_model(files[0])
-        dataset, _labels = eval_dataset(data_dir, iteration)
-        logs = model.evaluate(labels_for_model(dataset, heads_for(iteration.data.name)), return_dict=True, verbose=0)
-    return dict(sorted(metrics.from_keras_logs(logs, iteration.data.name).items()))
+        dataset = labels_for_model(eval_dataset(table, rows, iteration), heads)
+        logs = model.evaluate(dataset, return_dict=True, verbose=0)
+        predictions = predicted_classes(model, dataset.map(lambda x, y: x), heads)
+    scores = metrics.selected_summary({head: table.labels[head][rows] for head in heads}, predictions, dataset_name, None)
+    balanced = {metrics.head_metric(dataset_name, head, metrics.BALANCED_ACC):
+                scores[metrics.selected_name(dataset_name, head, metrics.BALANCED_ACC)] for head in heads}
+    return dict(sorted({**metrics.from_keras_logs(logs, dataset_name), **balanced}.items()))
 
 
 def lr_find_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                       tracking_uri: Optional[str] = None, work_dir: Optional[str] = None, min_lr: float = 1e-7,
-                      max_lr: float = 10.0, steps: int = 100, out: Optional[str] = None, log=print) -> dict:
+                      max_lr: float = 10.0, steps: int = 100, out: Optional[str] = None, limit: Optional[int] = None,
+                      log=print) -> dict:
     """The LR range test for an iteration's first pass, logged as an `ITER/lr-find` run."""
     from harness import lrfind
     from harness.plots import close
@@ -251,7 +338,7 @@ def lr_find_iteration(book, name: str, *, profile: Optional[str] = None, data_di
         raise InputError(f"lr-find: --steps must be at least 5 (got {steps})")
     if not 0 < min_lr < max_lr:
         raise InputError(f"lr-find: need 0 < --min < --max (got {min_lr:g}, {max_lr:g})")
-    prepared = prepare(book, name, profile, data_dir, False, log)
+    prepared = prepare(book, name, profile, data_dir, False, log, limit=limit)
     store = Store(tracking_uri)
     curve = lrfind.range_test(prepared.iteration, prepared.datasets(resolve_work_dir(work_dir).cache),
                               min_lr, max_lr, steps, log)

@@ -344,12 +344,40 @@ class Iteration(_Strict):
 
 
 class Profile(_Strict):
-    """An overlay on a resolved iteration: `set` deep-merges into it, then every pass is capped
-    at `max_epochs_per_pass` epochs (schedule boundaries and patience scale with it)."""
+    """An overlay on a resolved iteration that changes how much is computed, never what is
+    modelled: `set` deep-merges into the iteration (only the keys in PROFILE_KEYS: image size,
+    number of images, caching, batch size, compute switches), then every pass is capped at
+    `max_epochs_per_pass` epochs (schedule boundaries scale with it), every early stopping at
+    `patience` epochs, and every training batch scaled by `batch_scale`."""
 
     description: str = ""
     set: dict[str, Any] = Field(default_factory=dict)
     max_epochs_per_pass: Optional[int] = Field(None, gt=0)
+    patience: Optional[int] = Field(None, gt=0)
+    # Every iteration's training batch times this (at least 1): fewer images a step means more
+    # optimizer steps an epoch at the ledger's LR, while iterations that differ in batch size
+    # keep their ratio (256 vs 32 stays 8x).
+    batch_scale: Optional[float] = Field(None, gt=0)
+
+
+# What a profile may change: how much is computed, never the model, loss, optimizer, LR or data
+# split (the ledger's modelling choices stay as written, so a cpu run is the same experiment,
+# smaller). A section name allows every key inside it.
+PROFILE_KEYS = ("data.image_size", "data.limit", "data.cache", "batch_size", "compute")
+
+
+def profile_key_problems(values: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of a profile's `set` that change more than compute (see PROFILE_KEYS)."""
+    problems = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if any(dotted == allowed or dotted.startswith(allowed + ".") for allowed in PROFILE_KEYS):
+            continue
+        if isinstance(value, dict) and any(allowed.startswith(dotted + ".") for allowed in PROFILE_KEYS):
+            problems += profile_key_problems(value, dotted + ".")
+        else:
+            problems.append(dotted)
+    return problems
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -553,8 +581,10 @@ class Ledger:
                                f"known: {', '.join(known)}"])
         profile = self.profiles[profile_name]
         merged = deep_merge(iteration.to_dict(), profile.set)
-        if profile.max_epochs_per_pass:
-            merged["passes"] = [_cap_pass(p, profile.max_epochs_per_pass) for p in merged["passes"]]
+        merged["passes"] = [_cap_pass(p, profile.max_epochs_per_pass, profile.patience) for p in merged["passes"]]
+        if profile.batch_scale:
+            train = merged["batch_size"]["train"]
+            merged["batch_size"] = dict(merged["batch_size"], train=max(1, round(train * profile.batch_scale)))
         try:
             return validate_dict(merged)
         except ValidationError as exc:
@@ -637,33 +667,35 @@ def with_changes(iteration: Iteration, changes: dict) -> Iteration:
                            for err in _innermost(exc.errors())]) from None
 
 
-def _cap_pass(pass_dict: dict, max_epochs: int) -> dict:
-    """Shrink a pass to at most `max_epochs`, keeping the shape of its schedule and patience."""
+def _cap_pass(pass_dict: dict, max_epochs: Optional[int], patience: Optional[int]) -> dict:
+    """Shrink a pass to at most `max_epochs` (keeping the shape of its schedule) and its early
+    stopping to at most `patience` epochs (never more than the pass has)."""
     epochs = pass_dict["epochs"]
-    if epochs <= max_epochs:
-        return pass_dict
-    scale = max_epochs / epochs
-    capped = dict(pass_dict, epochs=max_epochs)
-    schedule = pass_dict.get("schedule")
-    if schedule:
-        boundaries, values = [], [schedule["values"][0]]
-        for boundary, value in zip(schedule["boundaries"], schedule["values"][1:]):
-            scaled = max(1, round(boundary * scale))
-            if scaled >= max_epochs:
-                break
-            if boundaries and scaled <= boundaries[-1]:
-                values[-1] = value  # two steps collapsed onto one epoch: the later LR wins
-                continue
-            boundaries.append(scaled)
-            values.append(value)
-        capped["schedule"] = {"boundaries": boundaries, "values": values}
+    capped = dict(pass_dict)
+    if max_epochs and epochs > max_epochs:
+        capped["epochs"] = max_epochs
+        schedule = pass_dict.get("schedule")
+        if schedule:
+            capped["schedule"] = _scale_schedule(schedule, max_epochs / epochs, max_epochs)
     stopping = pass_dict.get("early_stopping")
     if stopping:
-        # Patience shrinks with the pass but never below 3 epochs (or the original), or a short
-        # profile run would stop at its first noisy epoch.
-        patience = stopping["patience"]
-        capped["early_stopping"] = dict(stopping, patience=max(min(patience, 3), round(patience * scale)))
+        limit = min(capped["epochs"], patience or capped["epochs"])
+        capped["early_stopping"] = dict(stopping, patience=min(stopping["patience"], limit))
     return capped
+
+
+def _scale_schedule(schedule: dict, scale: float, max_epochs: int) -> dict:
+    boundaries, values = [], [schedule["values"][0]]
+    for boundary, value in zip(schedule["boundaries"], schedule["values"][1:]):
+        scaled = max(1, round(boundary * scale))
+        if scaled >= max_epochs:
+            break
+        if boundaries and scaled <= boundaries[-1]:
+            values[-1] = value  # two steps collapsed onto one epoch: the later LR wins
+            continue
+        boundaries.append(scaled)
+        values.append(value)
+    return {"boundaries": boundaries, "values": values}
 
 
 # --------------------------------------------------------------------------- loading
@@ -703,6 +735,10 @@ def load(path: Union[str, Path]) -> Ledger:
     for name, body in raw_profiles.items() if isinstance(raw_profiles, dict) else []:
         try:
             profiles[name] = Profile.model_validate(body)
+            for key in profile_key_problems(profiles[name].set):
+                loc = ("profiles", name, "set", *key.split("."))
+                errors.append(f"{path}:{_nearest(lines, loc)}: profiles.{name}.set.{key}: a profile changes how much is "
+                              f"computed, not what is modelled; it may set only {', '.join(PROFILE_KEYS)}")
         except ValidationError as exc:
             for err in exc.errors():
                 loc = ("profiles", name) + tuple(err["loc"])
@@ -779,10 +815,11 @@ def _diff_flat(before: dict, after: dict) -> list[tuple[str, Any, Any]]:
 
 
 def format_change(key: str, old: Any, new: Any) -> str:
-    return f"{key}: {_short(old)} -> {_short(new)}"
+    return f"{key}: {short_value(old)} -> {short_value(new)}"
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A config value as `show` and the diffs print it: null, true, 0.001, {"epochs": 20}."""
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if v is not None}
     if isinstance(value, (list, dict)):

@@ -85,6 +85,28 @@ KINDS = (ACC, HEAD_LOSS)
 BALANCED_ACC = "bacc"
 
 
+@dataclass(frozen=True)
+class Score:
+    """A per-head score of the selected checkpoint, computed from its validation predictions by
+    a scikit-learn function (`sklearn.metrics.<function>(y_true, y_pred)`).
+
+    short:  its contract name (`bacc` in `selected_val_gender_bacc`)
+    label:  how the table and the closing line call it
+    """
+
+    short: str
+    function: str
+    label: str
+
+
+# Scores of the selected checkpoint, per head and as a mean over heads. Adding one is a line
+# here: the summary, the closing line and the table's per-head columns follow.
+SCORES = (
+    Score(ACC.short, "accuracy_score", "acc"),
+    Score(BALANCED_ACC, "balanced_accuracy_score", "balanced acc"),
+)
+
+
 class UnknownMetric(ValueError):
     """Keras logged a name the contract has no name for (add its Kind to KINDS)."""
 
@@ -256,6 +278,51 @@ def table_columns(dataset: str) -> list[tuple[str, str]]:
     return columns
 
 
+def selected_summary(labels: dict, predictions: dict, dataset: str, epoch: Optional[int]) -> dict:
+    """The selected checkpoint's summary metrics from its validation predictions (head -> true
+    and predicted class per example): every Score per head, its mean over heads, and
+    selected_epoch (the global step the checkpoint was taken at)."""
+    import warnings
+
+    from sklearn import metrics as sk
+
+    summary = {}
+    for score in SCORES:
+        function = getattr(sk, score.function)
+        values = []
+        for head in heads_of(dataset):
+            with warnings.catch_warnings():  # a class absent from a small validation split
+                warnings.simplefilter("ignore")
+                value = float(function(labels[head], predictions[head]))
+            summary[selected_name(dataset, head, score.short)] = value
+            values.append(value)
+        if not single_head(dataset):
+            summary[selected_mean_name(score.short)] = sum(values) / len(values)
+    if epoch is not None:
+        summary[SELECTED_EPOCH] = epoch
+    return summary
+
+
+def selected_value(record_metrics: dict, dataset: str, head: Optional[str] = None, short: str = ACC.short):
+    """A head's selected-checkpoint value from a run's metrics (None when the run predates the
+    selected checkpoint or lacks the head)."""
+    return record_metrics.get(selected_name(dataset, head or primary_head(dataset), short))
+
+
+def selected_columns(dataset: str) -> list[tuple[str, str]]:
+    """(header, summary metric) of every selected-checkpoint score of every head, then the
+    means: the per-head table of experiments/RESULTS.md."""
+    columns = []
+    for score in SCORES:
+        suffix = "" if score.short == ACC.short else f" {score.label.split()[0]}"
+        for head in heads_of(dataset):
+            label = score.label if single_head(dataset) else f"{head}{suffix}"
+            columns.append((label, selected_name(dataset, head, score.short)))
+        if not single_head(dataset):
+            columns.append((f"mean {score.label}", selected_mean_name(score.short)))
+    return columns
+
+
 def curve_panels(dataset: str) -> list[tuple[str, str, str]]:
     """(training metric, validation metric, title) of each training-curves panel: the loss,
     then each head's accuracy."""
@@ -286,6 +353,23 @@ def eval_line(index: int, evaluated: dict) -> str:
     """The line after a pass: its evaluate dict's loss and accuracies."""
     accs = ", ".join(f"{k} {v:.4f}" for k, v in evaluated.items() if monitor_mode(k) == "max")
     return f"   pass {index + 1} eval: {LOSS} {evaluated.get(LOSS, math.nan):.4f}; {accs}"
+
+
+def selected_phrase(summary: dict, dataset: str) -> str:
+    """How a run's closing line states the selected checkpoint: its epoch, the primary head's
+    accuracy and balanced accuracy, the mean balanced accuracy over heads."""
+    main = primary_head(dataset)
+    acc = summary.get(selected_name(dataset, main, ACC.short))
+    if acc is None:
+        return best_phrase(summary, dataset)
+    balanced = summary.get(selected_name(dataset, main, BALANCED_ACC), math.nan)
+    epoch = summary.get(SELECTED_EPOCH)
+    where = f" (epoch {int(epoch)})" if epoch is not None else ""
+    text = f"selected checkpoint{where}: {val_acc(dataset)} {acc:.4f}, balanced {balanced:.4f}"
+    mean = summary.get(selected_mean_name(BALANCED_ACC))
+    if mean is not None:
+        text += f"; mean balanced acc over {len(heads_of(dataset))} heads {mean:.4f}"
+    return text
 
 
 def best_phrase(summary: dict, dataset: str) -> str:

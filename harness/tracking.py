@@ -42,9 +42,9 @@ from harness import metrics, remote
 from harness.lease import Lease, check_running, lines
 from harness.ledger import Iteration, flatten
 from harness.records import (
-    FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXTENDS,
-    TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, UNFINISHED, Decision,
-    MetricPoint, RunRecord,
+    FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP,
+    TAG_CONFIG_SHA, TAG_EXTENDS, TAG_FAILURE_REASON, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS,
+    TAG_REFERENCE, TAG_SPLIT, UNFINISHED, Decision, MetricPoint, RunRecord,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -145,6 +145,11 @@ def _record(run) -> RunRecord:
                      metrics=dict(run.data.metrics), params=dict(run.data.params))
 
 
+def _quoted(value: str) -> str:
+    """A value inside a single-quoted search_runs filter string."""
+    return value.replace("'", "\\'")
+
+
 def _now() -> int:
     return int(time.time() * 1000)
 
@@ -163,6 +168,14 @@ def _run_tags(iteration: Iteration) -> dict:
     return {TAG_KIND: KIND_ITERATION, TAG_ITERATION: iteration.name, TAG_EXTENDS: iteration.extends or "",
             TAG_CONFIG_SHA: iteration.config_sha(), "mlflow.source.name": "harness run",
             "mlflow.source.type": "LOCAL"}
+
+
+def _parent_query(iteration: Optional[str] = None, status: Optional[str] = None) -> str:
+    """The search filter for parent runs: of one iteration, in one status, if given."""
+    query = f"tags.`{TAG_KIND}` = '{KIND_ITERATION}'"
+    if iteration:
+        query += f" and tags.`{TAG_ITERATION}` = '{iteration}'"
+    return query + (f" and attributes.status = '{status}'" if status else "")
 
 
 class Store:
@@ -195,10 +208,7 @@ class Store:
 
     def runs(self, experiment: str, iteration: Optional[str] = None) -> list[RunRecord]:
         """Parent runs of an experiment, newest first, optionally of one iteration."""
-        query = f"tags.`{TAG_KIND}` = '{KIND_ITERATION}'"
-        if iteration:
-            query += f" and tags.`{TAG_ITERATION}` = '{iteration}'"
-        return [_record(run) for run in self._search(experiment, query)]
+        return [_record(run) for run in self._search(experiment, _parent_query(iteration))]
 
     def run(self, run_id: str) -> RunRecord:
         return _record(self._client.get_run(run_id))
@@ -213,12 +223,20 @@ class Store:
     def latest_finished(self, experiment: str, iteration: str, config_sha: Optional[str] = None) -> Optional[RunRecord]:
         """The newest FINISHED parent run of an iteration (with that config sha, if given): one
         search that returns at most one run, so its cost does not grow with the store."""
-        query = (f"tags.`{TAG_KIND}` = '{KIND_ITERATION}' and tags.`{TAG_ITERATION}` = '{iteration}' "
-                 f"and attributes.status = '{FINISHED}'")
+        query = _parent_query(iteration, FINISHED)
         if config_sha:
             query += f" and tags.`{TAG_CONFIG_SHA}` = '{config_sha}'"
         found = self._search(experiment, query, max_results=1)
         return _record(found[0]) if found else None
+
+    def references(self, experiment: str, split: str) -> dict[str, RunRecord]:
+        """reference name -> its newest finished run on the validation images `split` names."""
+        query = (f"tags.`{TAG_KIND}` = '{KIND_REFERENCE}' and tags.`{TAG_SPLIT}` = '{_quoted(split)}' "
+                 f"and attributes.status = '{FINISHED}'")
+        found = {}
+        for run in self._search(experiment, query):
+            found.setdefault(run.data.tags.get(TAG_REFERENCE), _record(run))
+        return found
 
     def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
         """Every logged value of a metric, by step."""
@@ -258,9 +276,8 @@ class Store:
     def check_leases(self, experiment: str, iteration: str) -> Optional[str]:
         """harness.lease.check_running over the iteration's running runs: IterationHeld when one
         holds a live lease of another process, else a line per lease taken over (or None)."""
-        query = (f"tags.`{TAG_KIND}` = '{KIND_ITERATION}' and tags.`{TAG_ITERATION}` = '{iteration}' "
-                 f"and attributes.status = '{RUNNING}'")
-        return check_running(iteration, [_record(r) for r in self._search(experiment, query)])
+        running = self._search(experiment, _parent_query(iteration, RUNNING))
+        return check_running(iteration, [_record(run) for run in running])
 
     def _unfinished(self, experiment: str, iteration: str, resumable: Callable[[str], bool]) -> Optional[RunRecord]:
         """The newest unfinished parent run with local state, unless a finished one is newer (a
@@ -299,6 +316,25 @@ def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict,
     for start in range(0, len(points), 1000):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=points[start:start + 1000])
     client.log_figure(run_id, figure, "lr_find.png")
+    client.set_terminated(run_id, FINISHED)
+    return run_id
+
+
+def log_reference(store: Store, experiment: str, reference: str, dataset: str, tags: dict, summary: dict,
+                  params: dict) -> str:
+    """A `reference/<name>` run (harness.reference): its settings as params, its scores under the
+    selected-checkpoint names, and each head's val accuracy at step 0 so the UI's comparison of
+    `val_gender_acc` shows it beside the iterations."""
+    client = MlflowClient(tracking_uri=store.uri)
+    run_id = client.create_run(store.experiment_id(experiment), run_name=f"reference/{reference}",
+                               tags={TAG_KIND: KIND_REFERENCE, TAG_REFERENCE: reference, **git_tags(), **tags}
+                               ).info.run_id
+    now = _now()
+    client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+    values = {**summary, **{metrics.val_acc(dataset, head): metrics.selected_value(summary, dataset, head)
+                            for head in metrics.heads_of(dataset)}}
+    points = [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None]
+    client.log_batch(run_id, metrics=points)
     client.set_terminated(run_id, FINISHED)
     return run_id
 
@@ -405,11 +441,13 @@ class RunTracker:
             self._log_metrics(child, summary)
         self._client.set_terminated(child, FINISHED)
 
-    def finish(self, history: list[dict], results: list, final_checkpoint: Optional[Path]) -> dict:
-        """Summary metrics, curves, the final checkpoint; status FINISHED. Returns the summary."""
+    def finish(self, history: list[dict], results: list, final_checkpoint: Optional[Path],
+               selected: Optional[dict] = None) -> dict:
+        """Summary metrics (the per-epoch bests, and `selected`: the selected checkpoint's
+        scores), curves, the selected checkpoint; status FINISHED. Returns the summary."""
         from harness import plots
 
-        summary = metrics.summarize(history, self.iteration.data.name)
+        summary = {**metrics.summarize(history, self.iteration.data.name), **(selected or {})}
         self._log_metrics(self.run_id, summary)
         figure = plots.training_curves(history, self.iteration.data.name, title=self.iteration.name)
         self._client.log_figure(self.run_id, figure, "plots/training_curves.png")

@@ -124,8 +124,45 @@ def test_profile_caps_epochs_and_scales_schedule_and_patience(tmp_path):
     assert cpu.passes[0].epochs == 2
     assert cpu.passes[0].schedule.boundaries == (1,)
     assert cpu.passes[0].schedule.values == (0.1, 0.01)  # boundary 8 scales to 2, the end of the pass
-    assert cpu.passes[0].early_stopping.patience == 3  # 6 * 0.2 rounds to 1, floored at 3
+    assert cpu.passes[0].early_stopping.patience == 2  # never more than the pass's epochs
     assert book.resolve("a", "full") == book.resolve("a")
+
+
+def test_profile_patience_caps_early_stopping(tmp_path):
+    path = tmp_path / "runs.yaml"
+    path.write_text(textwrap.dedent("""\
+        experiment: t
+        profiles:
+          cpu: {set: {data: {image_size: 16}}, max_epochs_per_pass: 20, patience: 4}
+          smoke: {set: {}, max_epochs_per_pass: 1}
+        iterations:
+          a:
+            passes:
+              - {epochs: 50, early_stopping: {patience: 10}}
+              - {epochs: 50, early_stopping: {patience: 2}}
+        """))
+    cpu = ledger.load(path).resolve("a", "cpu")
+    assert [p.epochs for p in cpu.passes] == [20, 20]
+    assert [p.early_stopping.patience for p in cpu.passes] == [4, 2]  # capped, never raised
+
+
+@pytest.mark.parametrize("key", ["optimizer: {lr: 0.1}", "loss: {class_weighting: false}",
+                                 "data: {split_seed: 3}", "head: {neck: gap}"])
+def test_profile_may_change_compute_only(tmp_path, key):
+    path = tmp_path / "runs.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        experiment: t
+        profiles:
+          cpu:
+            set: {{{key}}}
+          smoke: {{set: {{}}}}
+        iterations:
+          a: {{passes: [{{epochs: 2}}]}}
+        """))
+    with pytest.raises(ledger.LedgerError) as raised:
+        ledger.load(path)
+    (line,) = raised.value.lines
+    assert line.startswith(f"{path}:4: profiles.cpu.set.") and "changes how much is computed" in line
 
 
 def test_schedule_lr_at():

@@ -110,7 +110,7 @@ def build_smoke_store(tmp_path_factory) -> dict:
         lines = []
         code = run_iteration(book, name, profile="smoke", data_dir=str(data), tracking_uri=uri, log=lines.append)
         assert code == 0, lines
-        run_ids[name] = re.search(r"run ([0-9a-f]{32})", lines[-1]).group(1)
+        run_ids[name] = re.search(r"run ([0-9a-f]{32})", "\n".join(lines)).group(1)
     path.write_text(LEDGER_V2)
     _SMOKE.update(folder=folder, uri=uri, runs=run_ids, experiment=book.experiment)
     return _SMOKE

@@ -144,7 +144,9 @@ def test_two_passes_log_one_parent_two_children_with_contiguous_steps(book, synt
     header = next(line for line in lines if line.startswith("== two pass 2/2"))
     assert header.startswith("== two pass 2/2: 2 epochs, lr 0.0005, from pass 1's best | data ")
     assert header.endswith("| profile full")
-    assert "FINISHED, best val_gender_acc" in lines[-1]
+    assert "FINISHED, selected checkpoint (epoch " in lines[-2] and "val_gender_acc" in lines[-2]
+    assert lines[-1].startswith("two: ") and "majority on validation" in lines[-1]
+    assert "no linear-probe run" in lines[-1]
 
     store, runs = parents(store_uri, "two")
     assert len(runs) == 1
@@ -172,6 +174,9 @@ def test_two_passes_log_one_parent_two_children_with_contiguous_steps(book, synt
     assert steps(store, children[1].run_id, "val_gender_acc") == [3, 4]
     assert values(store, parent.run_id, "lr") == pytest.approx([0.003, 0.003, 0.0005, 0.0005])
 
+    selected = {f"selected_val_{h}_{k}" for h in HVC_HEADS for k in ("acc", "bacc")}
+    assert selected | {"selected_val_mean_acc", "selected_val_mean_bacc", "selected_epoch"} <= set(parent.metrics)
+    assert parent.metrics["selected_epoch"] == children[1].metrics["best_epoch"]  # the last pass's best
     history = values(store, parent.run_id, "val_gender_acc")
     assert parent.metrics["best_val_gender_acc"] == pytest.approx(max(history))
     assert parent.metrics["best_epoch"] == steps(store, parent.run_id, "val_gender_acc")[history.index(max(history))]
@@ -241,13 +246,43 @@ def test_eval_scores_another_folder(book, synth, other_synth, store_uri):
 
     run(book, "one", synth, store_uri)
     result = evaluate_iteration(book, "one", data_dir=str(other_synth), tracking_uri=store_uri)
-    assert set(result["eval"]) == {"loss"} | {f"{h}_{k}" for h in HVC_HEADS for k in ("acc", "loss")}
+    assert set(result["eval"]) == {"loss"} | {f"{h}_{k}" for h in HVC_HEADS for k in ("acc", "loss", "bacc")}
     assert all(0 <= result["eval"][f"{h}_acc"] <= 1 for h in HVC_HEADS)
+    assert result["images"] == 40 and result["warning"] is None  # a folder the run never saw
     store, runs = parents(store_uri, "one")
     assert not any(path.startswith("eval/") for path in artifacts(store_uri, runs[0].run_id))
     logged = evaluate_iteration(book, "one", data_dir=str(other_synth), tracking_uri=store_uri, log_to_run=True)
     assert logged["eval"] == result["eval"]
     assert artifacts(store_uri, runs[0].run_id, "eval") == {f"eval/{other_synth.name}.json"}
+
+
+def test_selected_checkpoint_summary_equals_a_fresh_eval_of_the_validation_split(book, synth, store_uri):
+    """One meaning of "best": the run's selected_* summary is what `harness eval` measures anew."""
+    from harness.launch import evaluate_iteration
+
+    run(book, "two", synth, store_uri)
+    store, runs = parents(store_uri, "two")
+    result = evaluate_iteration(book, "two", data_dir=None, tracking_uri=store_uri)
+    assert result["images"] == 24 and "validation split" in result["scored"]  # 25% of 96
+    for head in HVC_HEADS:
+        assert runs[0].metrics[f"selected_val_{head}_acc"] == pytest.approx(result["eval"][f"{head}_acc"], abs=1e-6)
+        assert runs[0].metrics[f"selected_val_{head}_bacc"] == pytest.approx(result["eval"][f"{head}_bacc"], abs=1e-6)
+
+
+def test_eval_warns_when_the_folder_holds_training_images(book, synth, store_uri, tmp_path):
+    import shutil
+
+    from harness.launch import evaluate_iteration
+
+    run(book, "one", synth, store_uri)
+    copy = tmp_path / "copy"
+    shutil.copytree(synth, copy)  # the same images under other paths: caught by content
+    result = evaluate_iteration(book, "one", data_dir=str(copy), tracking_uri=store_uri)
+    assert result["images"] == 96
+    assert result["warning"].startswith("WARNING: 72 of 96 images are training images of run")  # 75% of 96
+    assert "0 by path, 72 by identical content" in result["warning"]
+    same = evaluate_iteration(book, "one", data_dir=str(synth), tracking_uri=store_uri)
+    assert "72 by path, 72 by identical content" in same["warning"]
 
 
 def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(book, synth, store_uri):

@@ -130,23 +130,12 @@ def make_datasets(iteration, table, train_idx, val_idx, cache_dir=None, features
     )
 
 
-def eval_dataset(folder, iteration) -> tuple[tf.data.Dataset, dict[str, np.ndarray]]:
-    """Every image of a data folder (hvc), or CIFAR-10's test batch, as an evaluation dataset
-    in file order, with the labels in that order. Bad rows raise InputError as in training."""
-    if iteration.data.name == "cifar10":
-        from harness.data.cifar10 import load_cifar10
-
-        table = load_cifar10(folder)
-        indices = table.predefined_split[1] if table.predefined_split is not None else np.arange(len(table))
-    else:
-        from harness.data.hvc import load_hvc
-
-        table = load_hvc(folder)
-        indices = np.arange(len(table))
+def eval_dataset(table, rows, iteration) -> tf.data.Dataset:
+    """Rows `rows` of a table, in that order, as an evaluation dataset at the iteration's image
+    size and eval batch size: decoded per image (no cache), never augmented."""
     source = _Source(table, iteration.data.image_size, "none", None)
     finish = _finisher(table, iteration.data.image_size, source.native_size, iteration)
-    dataset = _eval_batches(source, finish, np.asarray(indices, dtype=np.int64), iteration.batch_size.eval)
-    return dataset, {h: v[indices] for h, v in table.labels.items()}
+    return _eval_batches(source, finish, np.asarray(rows, dtype=np.int64), iteration.batch_size.eval)
 
 
 # --------------------------------------------------------------------------- internals

@@ -43,6 +43,19 @@ def stratify_head(table) -> str:
     return primary_head(table.name)
 
 
+def split_key(table, val_fraction: float, seed: int, validate_on_train: bool = False) -> str:
+    """The identity of a split's validation images, as a tag value: runs (iterations and the
+    reference runs of `harness reference`) whose keys are equal were scored on the same images,
+    so their numbers can be set side by side. Names the data (fingerprint), the rows used and
+    the split settings."""
+    where = f"{table.name} {table.fingerprint[:12]} {len(table)} rows"
+    if validate_on_train:
+        return f"{where}, validated on the training split (seed {seed}, val {val_fraction:g})"
+    if table.predefined_split is not None:
+        return f"{where}, the dataset's own split"
+    return f"{where}, val {val_fraction:g} seed {seed}"
+
+
 def split(table, val_fraction: float, seed: int, validate_on_train: bool = False) -> Split:
     """Deterministic stratified split; raises InputError if train and val would overlap."""
     if table.predefined_split is not None:

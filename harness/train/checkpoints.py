@@ -111,7 +111,17 @@ class RunState:
         if stopping.monitor != pass_.monitor:
             improved = self.improve(f"{index}:{stopping.monitor}", values[stopping.monitor], step, stopping.monitor)
         self.wait = 0 if improved else self.wait + 1
-        return self.wait >= stopping.patience
+        return self.stopped(pass_)
+
+    def stopped(self, pass_) -> bool:
+        """Whether early stopping has ended the pass in progress (also after a resume: a kill
+        right after the deciding epoch must not train the pass further)."""
+        return pass_.early_stopping is not None and self.wait >= pass_.early_stopping.patience
+
+    def stopping_best(self, index: int, pass_) -> Optional[dict]:
+        """{"value", "step"}: the best value of pass `index`'s early-stopping monitor so far."""
+        monitor = pass_.early_stopping.monitor
+        return self.best.get(str(index) if monitor == pass_.monitor else f"{index}:{monitor}")
 
 
 class RunFolder:

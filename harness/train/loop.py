@@ -97,16 +97,35 @@ def new_model(iteration: Iteration, index: int):
     return model, apply_freeze(model, policy_for(iteration, index))
 
 
+def predicted_classes(model, inputs, heads) -> dict:
+    """head -> the class `model` predicts for every example of the dataset `inputs`, in order."""
+    raw = model.predict(inputs, verbose=0)
+    if not isinstance(raw, dict):  # a list in output order, or one array for one head
+        raw = dict(zip(model.output_names, raw if isinstance(raw, (list, tuple)) else [raw]))
+    return {head: np.argmax(raw[output_name(head)], axis=-1) for head in heads}
+
+
+def predict_classes(model, data) -> dict:
+    """head -> the predicted class of every validation example of `data`, in its order."""
+    return predicted_classes(model, val_stream(data), data.heads)
+
+
 def evaluate(model, data, dataset: str) -> tuple[dict, dict]:
     """(the evaluate dict in contract names, sorted; head -> predicted class per validation
     example) of `model` on `data`'s validation set."""
-    val = val_stream(data)
-    evaluated = metrics.from_keras_logs(model.evaluate(val, return_dict=True, verbose=0), dataset)
-    raw = model.predict(val, verbose=0)
-    if not isinstance(raw, dict):  # a list in output order, or one array for one head
-        raw = dict(zip(model.output_names, raw if isinstance(raw, (list, tuple)) else [raw]))
-    predictions = {head: np.argmax(raw[output_name(head)], axis=-1) for head in data.heads}
-    return dict(sorted(evaluated.items())), predictions
+    evaluated = metrics.from_keras_logs(model.evaluate(val_stream(data), return_dict=True, verbose=0), dataset)
+    return dict(sorted(evaluated.items())), predict_classes(model, data)
+
+
+def early_stop_line(index: int, pass_: PassConfig, state: RunState) -> str:
+    """What a person needs to know when early stopping ends a pass: when, on what, and which
+    weights the pass hands on."""
+    stopping = pass_.early_stopping
+    best = state.stopping_best(index, pass_) or {}
+    kept = "the best epoch's weights are kept" if stopping.restore_best else "the last epoch's weights are kept"
+    return (f"   early stopping ended pass {index + 1} after epoch {state.epochs_in_pass}/{pass_.epochs}: "
+            f"{stopping.monitor} did not improve for {stopping.patience} epochs (best {best.get('value', math.nan):.4f} "
+            f"at epoch {best.get('step', '?')}); {kept}")
 
 
 def _pass_callback(runner: "Runner", index: int, pass_: PassConfig):
@@ -160,8 +179,23 @@ class Runner:
                       if self.feature_inputs is not None else None)
 
     def final_checkpoint(self) -> Path:
-        """The model the run hands on: the last pass's best, else where it ended."""
+        """The selected checkpoint, the model the run hands on: the best of the last pass by
+        its monitor, else where that pass ended."""
         return self.folder.checkpoint(len(self.iteration.passes) - 1)
+
+    def selected_summary(self, results: list[PassResult]) -> dict:
+        """The selected checkpoint's per-head scores on the validation set (harness.metrics
+        selected_summary), from the last pass's own evaluation when this process ran it, else
+        (the pass finished before a kill) by predicting with the checkpoint file."""
+        from harness.models import load_model
+
+        last = len(self.iteration.passes) - 1
+        result = next((r for r in results if r.index == last), None)
+        predictions = result.predictions if result is not None else predict_classes(
+            load_model(self.final_checkpoint(), compile=False), self.bundle)
+        best = self.state.best.get(str(last))
+        epoch = best["step"] if best else self.state.step
+        return metrics.selected_summary(self.bundle.val_labels, predictions, self.dataset, epoch)
 
     def epoch_done(self, index: int, pass_: PassConfig, model, values: dict) -> None:
         """`model` is the one being fit (it gets stop_training); checkpoints are always of the
@@ -214,9 +248,9 @@ class Runner:
             data = self.cache.datasets_for(model)
             fit_model = head_model(model)
             compile_model(fit_model, it, pass_, optimizer=model.optimizer)  # shared: saved with the model
-        self.stopped_early = False
         self.state.start_pass(index)
-        if self.state.epochs_in_pass < pass_.epochs:
+        self.stopped_early = self.state.stopped(pass_)
+        if self.state.epochs_in_pass < pass_.epochs and not self.stopped_early:
             fit_model.fit(
                 # the stream is keyed by the global epoch, so every pass sees fresh orders
                 train_stream(it, data, self.state.step),
@@ -233,7 +267,14 @@ class Runner:
         if self.diverged:
             save_last_good(self.folder, self.state, index, model)
             raise TrainingDiverged(self.diverged)
-        save_pass_models(self.folder, index, model, pass_.early_stopping.restore_best if pass_.early_stopping else False)
+        if self.stopped_early:
+            self.log(early_stop_line(index, pass_, self.state))
+        restore_best = pass_.early_stopping.restore_best if pass_.early_stopping else False
+        save_pass_models(self.folder, index, model, restore_best)
+        if not restore_best and self.folder.best_snapshot(index).exists():
+            # The pass is scored on its best checkpoint, the one it hands on as best.keras and
+            # the notes evaluated ("load model.017 and evaluate"), never on where it happened to end.
+            load_snapshot(model, self.folder.best_snapshot(index), optimizer=False)
         evaluated, predictions = evaluate(fit_model, data, self.dataset)
         best = self.state.best.get(str(index))
         result = PassResult(index=index, eval=evaluated, best_checkpoint=self.folder.checkpoint(index),
