@@ -240,13 +240,23 @@ def local_database(folder: ServerFolder, db_port: Optional[int], settings: Optio
         pid = start_postgres(folder, bin_dir, user, port, settings, log)
     else:
         port = state.get("db_port") or port
+    _save_state(folder, {**state, "db_port": port})
     if not state.get("database_created"):
-        made = subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER, DB_NAME],
-                              capture_output=True, text=True, env=_pg_env(state["db_password"]))
-        if made.returncode != 0 and "already exists" not in made.stderr:
-            raise RuntimeError(f"harness server: createdb failed: {made.stderr.strip()}")
-    _save_state(folder, {**state, "db_port": port, "database_created": True})
+        create_database(folder, DB_NAME)
+    _save_state(folder, {**_state(folder), "database_created": True})
     return f"postgresql+psycopg2://{DB_USER}:{state['db_password']}@127.0.0.1:{port}/{DB_NAME}", pid
+
+
+def create_database(folder: ServerFolder, name: str) -> str:
+    """Another database on the folder's running cluster (kept if it exists), e.g. an Optuna
+    study store beside MLflow's: both keep their schema version in `alembic_version`, so they
+    cannot share one. Returns its URI (psycopg2, with the password)."""
+    state = _state(folder)
+    made = subprocess.run([str(postgres_bin() / "createdb"), "-h", "127.0.0.1", "-p", str(state["db_port"]),
+                           "-U", DB_USER, name], capture_output=True, text=True, env=_pg_env(state["db_password"]))
+    if made.returncode != 0 and "already exists" not in made.stderr:
+        raise RuntimeError(f"harness server: createdb {name} failed: {made.stderr.strip()}")
+    return f"postgresql+psycopg2://{DB_USER}:{state['db_password']}@127.0.0.1:{state['db_port']}/{name}"
 
 
 def with_driver(db_uri: str) -> str:

@@ -21,29 +21,23 @@ def isolated_work_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def team_server():
-    """A throwaway team server for the session: a PostgreSQL cluster and `mlflow server` on free
-    127.0.0.1 ports, started by harness.server's own code (as `make server` does) and stopped by
-    PID at the end. Skipped, saying why, only where Debian's PostgreSQL binaries are absent."""
-    import shutil
-    import tempfile
-    from pathlib import Path
+    """The session's team server (tests/pg_server.py): PostgreSQL + `mlflow server` on free
+    127.0.0.1 ports, started once for every test file that names it, stopped by PID at the end.
+    `.url` is the tracking URI, `.db_uri` MLflow's database. Skipped, saying why, only where
+    Debian's PostgreSQL binaries are absent."""
+    from pg_server import missing_postgres, throwaway_server
 
-    from harness import server
+    reason = missing_postgres()
+    if reason:
+        pytest.skip(reason)
+    with throwaway_server() as started:
+        yield started
 
-    if server.postgres_bin() is None:
-        pytest.skip(f"PostgreSQL binaries not found under {server.PG_BIN_GLOB} (apt-get install postgresql)")
-    # Under /tmp, not pytest's tmp_path: as root, PostgreSQL runs as `postgres`, who may not
-    # enter pytest's 0700 base folder.
-    root = Path(tempfile.mkdtemp(prefix="harness-server-"))
-    root.chmod(0o755)
-    folder = server.ServerFolder(root)
-    try:
-        started = server.start(folder, port=server.free_port(), db_port=server.free_port(), workers=2,
-                               durable=False, log=lambda *_: None)
-    except BaseException:
-        server.stop(folder, log=lambda *_: None)
-        shutil.rmtree(root, ignore_errors=True)
-        raise
-    yield started
-    server.stop(folder, log=lambda *_: None)
-    shutil.rmtree(root, ignore_errors=True)
+
+@pytest.fixture(scope="session")
+def team_database(team_server):
+    """A factory: team_database("optuna") -> the URI of a database of that name on the session's
+    cluster, beside MLflow's (e.g. an Optuna storage), created on first use."""
+    from pg_server import new_database
+
+    return lambda name: new_database(team_server, name)

@@ -65,6 +65,19 @@ def test_server_runs_postgres_and_mlflow_on_loopback_with_pid_files(team_server)
     assert state["db_password"] not in mlflow_args  # the store URI travels in the environment
 
 
+def test_team_database_gives_another_database_on_the_session_cluster(team_server, team_database):
+    """The fixture other stores (Optuna's) use: a database of its own beside MLflow's, on the
+    same loopback cluster; asking again returns the same one."""
+    import sqlalchemy
+
+    uri = team_database("scratch")
+    assert uri == team_database("scratch") and uri.endswith("/scratch") and "@127.0.0.1:" in uri
+    tables = lambda u: set(sqlalchemy.inspect(sqlalchemy.create_engine(u, poolclass=sqlalchemy.pool.NullPool))
+                           .get_table_names())
+    assert {"runs", "metrics", "alembic_version"} <= tables(team_server.db_uri)  # MLflow's, migrated
+    assert tables(uri) == set()  # nothing of MLflow's: a store with its own migrations fits
+
+
 def interrupt_after_first_epoch(lines: list):
     """A log that records lines and raises KeyboardInterrupt (Ctrl-C) at the first epoch line."""
     def log(line):
@@ -76,8 +89,8 @@ def interrupt_after_first_epoch(lines: list):
 
 
 def test_every_command_works_against_the_server(team_server, synth, tmp_path, monkeypatch, capsys):
-    """run (interrupted by Ctrl-C after an epoch, then resumed), --all, eval, lr-find, table and
-    ui, all through http://...: the same layout as on SQLite, artifacts through the server's proxy."""
+    """run (interrupted by Ctrl-C after an epoch, then resumed), --all, eval, lr-find, reference,
+    table and ui, all through http://...: the same layout as on SQLite, artifacts through the server's proxy."""
     from harness import cli
     from harness.launch import evaluate_iteration, lr_find_iteration, run_iteration
     from harness.tracking import Store
@@ -119,6 +132,13 @@ def test_every_command_works_against_the_server(team_server, synth, tmp_path, mo
     found = lr_find_iteration(book, "one", profile="full", data_dir=str(synth), work_dir=str(work), steps=5,
                               log=lambda *_: None)
     assert store.run(found["run_id"]).name == "one/lr-find"
+
+    capsys.readouterr()
+    assert cli.main(["reference", "--ledger", str(path), "--data", str(synth)]) == 0
+    assert "reference/linear-probe (" in capsys.readouterr().out
+    references = store.references("http-commands", run.tags["harness.split"])
+    assert sorted(references) == ["linear-probe", "majority"]
+    assert all(r.status == "FINISHED" for r in references.values())
 
     results = tmp_path / "RESULTS.md"
     assert cli.main(["table", "--ledger", str(path), "--out", str(results), "--no-readme"]) == 0
