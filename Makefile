@@ -19,12 +19,13 @@ RUN_FLAGS = $(LEDGER_FLAG) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--
 quietly = $(1) >> $(SETUP_LOG) 2>&1 || { echo "setup: failed; the end of $(SETUP_LOG):"; tail -n 30 $(SETUP_LOG); exit 1; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run all table ui test test-fast bench lr-find validate list clean-venv
+.PHONY: help setup run all table ui test test-fast bench lr-find validate list clean-venv server server-stop
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  Variables: ITER=name  PROFILE=full|cpu|smoke  DATA=dir  LEDGER=file (default: runs.yaml, else the"
 	@echo "             experiments/*.yaml that has ITER)  GPU=1 (setup with CUDA TensorFlow)  RAY=auto|HOST:PORT (make all on Ray)"
+	@echo "             SERVER_FLAGS='--port 5050 ...' (make server; see harness server --help)"
 
 setup: $(STAMP) ## Create .venv and install the harness with its pinned dependencies (runs once)
 
@@ -59,6 +60,12 @@ table: setup ## Regenerate the results table from MLflow (committed rows the sto
 
 ui: setup ## Open the MLflow UI over mlruns/ (prints the URL)
 	$(BIN)/harness ui
+
+server: setup ## Start the team tracking server: PostgreSQL + MLflow on http://127.0.0.1:5000 (README: A team server)
+	$(BIN)/harness server $(SERVER_FLAGS)
+
+server-stop: setup ## Stop what `make server` started, by PID
+	$(BIN)/harness server --stop
 
 lr-find: setup ## LR range test: make lr-find ITER=second
 	@test -n "$(ITER)" || { echo "usage: make lr-find ITER=name"; exit 2; }

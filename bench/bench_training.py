@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -99,7 +100,9 @@ def measure_cache(folder: Path, n: int, size: int, epochs: int = 3) -> dict:
             "ratio": uncached / cached}
 
 
-def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8) -> dict:
+def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8, tracking_uri: Optional[str] = None) -> dict:
+    """Bare fit against `harness run` logging to a throwaway SQLite store, or to `tracking_uri`
+    (a tracking server: each harness run in an experiment of its own there)."""
     from harness.data.hvc import load_hvc
     from harness.data.pipeline import make_datasets
     from harness.data.split import split
@@ -125,17 +128,18 @@ def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8) -> dict:
     def harness_run() -> float:
         """The full `harness run`, into a throwaway store; epoch ends from MLflow's timestamps."""
         with tempfile.TemporaryDirectory() as tmp:
+            experiment = f"bench-{os.getpid()}-{time.time_ns()}" if tracking_uri else "bench"
             ledger_path = Path(tmp) / "bench.yaml"
             ledger_path.write_text(json.dumps({
-                "experiment": "bench", "profiles": {"cpu": {}, "smoke": {}},
+                "experiment": experiment, "profiles": {"cpu": {}, "smoke": {}},
                 "iterations": {"overhead": {k: v for k, v in iteration.to_dict().items()
                                             if k not in ("name", "extends")}},
             }))
-            uri = f"sqlite:///{tmp}/mlflow.db"
+            uri = tracking_uri or f"sqlite:///{tmp}/mlflow.db"
             run_iteration(ledger.load(ledger_path), "overhead", profile="full", data_dir=str(folder),
                           tracking_uri=uri, work_dir=str(Path(tmp) / "work"), log=lambda *_: None)
             store = Store(uri)
-            run = store.runs("bench", "overhead")[0]
+            run = store.runs(experiment, "overhead")[0]
             history = store.metric_history(run.run_id, metrics.LOSS)
             return statistics.median(_periods([m.timestamp / 1000 for m in history]))
 

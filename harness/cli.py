@@ -103,16 +103,26 @@ def cmd_run(args) -> int:
     if args.ray is not None:
         from harness.parallel import run_parallel
 
-        return run_parallel(book, names, args.ray, profile=args.profile, data_dir=args.data, fresh=args.fresh,
+        books = {id(book) for _, book in plan}
+        if len(books) > 1:
+            raise _usage("--ray trains iterations of one ledger at a time; give LEDGER= or names from one ledger")
+        return run_parallel(plan[0][1], [name for name, _ in plan], args.ray, profile=args.profile, data_dir=args.data, fresh=args.fresh,
                             tracking_uri=args.tracking_uri, work_dir=args.work_dir,
                             skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit)
+    from harness.errors import IterationHeld
+
     code = 0
     for name, book in plan:
-        code = run_iteration(
-            book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
-            work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit,
-            system_metrics=args.system_metrics,
-        ) or code
+        try:
+            code = run_iteration(
+                book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
+                work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit,
+                system_metrics=args.system_metrics,
+            ) or code
+        except IterationHeld as held:
+            if not args.all:
+                raise
+            print(f"{held.lines[0]}; skipping it")  # --all on two machines shares the ledger out
     return code
 
 
@@ -197,6 +207,12 @@ def cmd_ui(args) -> int:
     except InputError:
         experiment, sort_by = None, None
     return serve(args.tracking_uri, host=args.host, port=args.port, experiment=experiment, sort_by=sort_by)
+
+
+def cmd_server(args) -> int:
+    from harness import server
+
+    return server.main(args)
 
 
 def cmd_lr_find(args) -> int:
@@ -468,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     p.set_defaults(func=cmd_ui)
 
+    p = sub.add_parser("server", help="the team's MLflow tracking server on PostgreSQL (--stop stops it)")
+    from harness.server import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_server)
+
     for command in sub.choices.values():  # -v after the command too: `harness run x -v`
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="show the libraries' INFO lines and deprecation warnings")
@@ -479,10 +501,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from harness import quiet
     from harness.errors import InputError
+    from harness.remote import check_tracking
 
     quiet.configure(args.verbose)
 
     try:
+        if hasattr(args, "tracking_uri"):
+            check_tracking(args.tracking_uri)  # a server that does not answer: one line, before any import
         return args.func(args)
     except InputError as exc:
         for line in exc.lines:

@@ -1,4 +1,5 @@
-"""The one exception type that means "bad input": the CLI turns it into exit code 2.
+"""The exception types that mean "refused before anything was written": the CLI turns them into
+exit code 2 (bad input, an unreachable tracking server, an iteration another process holds).
 
 Each message is a single line that says where (file:line, iteration.field or CSV row) and what.
 Anything else that escapes is a bug or an environment failure and exits 1.
@@ -13,3 +14,13 @@ class InputError(Exception):
             lines = [lines]
         self.lines = list(lines)
         super().__init__("\n".join(self.lines))
+
+
+class TrackingUnreachable(InputError):
+    """The tracking server named by --tracking-uri / MLFLOW_TRACKING_URI did not answer its
+    health check in time (harness.remote). Nothing was written; the line names the URI."""
+
+
+class IterationHeld(InputError):
+    """Another process is training this iteration against the same store (harness.lease): the
+    line names it (host, pid, run id). Refused before anything is written, so exit 2."""

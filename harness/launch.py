@@ -170,15 +170,24 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
                   skip_bad_rows: bool = False, skip_finished: bool = False, limit: Optional[int] = None,
                   variant: Optional[Variant] = None, system_metrics: bool = True, log=print) -> int:
-    """Train one iteration (or a `variant` of it); returns an exit code (0 done or skipped, 1 diverged)."""
+    """Train one iteration (or a `variant` of it); returns an exit code (0 done or skipped, 1 diverged).
+    Another process training it already (this work dir's lock, or a live lease on the store):
+    refused with IterationHeld before anything is written (harness.lease)."""
     prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log, limit=limit,
                        changes=variant.changes if variant else None)
 
+    from harness.lease import IterationLock
     from harness.settings import work_dir as resolve_work_dir
+
+    work = resolve_work_dir(work_dir)
+    with IterationLock(work.root, book.experiment, name) as lock:
+        return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log)
+
+
+def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool, skip_finished: bool, log) -> int:
     from harness.tracking import Store
     from harness.train import RunState
 
-    work = resolve_work_dir(work_dir)
     store = Store(tracking_uri)
     resumable = lambda run_id: RunState.exists(work.run(run_id))  # noqa: E731
     decision = (variant.decide(store, prepared.iteration, resumable) if variant else
@@ -193,6 +202,7 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
                           {**prepared.tags, **(variant.tags if variant else {})}, variant.run_name if variant else None,
                           data=prepared.lineage(), system_metrics=system_metrics)
     tracker = variant.watch(tracker) if variant else tracker
+    lock.record(tracker.run_id)
     if decision.kind == NEW:
         from harness.data.overlap import training_record
 

@@ -25,6 +25,7 @@ TAG_PASS = "harness.pass"  # a child run's 0-based pass index
 TAG_SYNTHETIC = "harness.synthetic"  # "true" when the run trained on generated data
 TAG_FAILURE_REASON = "harness.failure_reason"
 TAG_GIT_DIRTY = "harness.git_dirty"
+TAG_LEASE = "harness.lease"  # a running run's holder: host, pid, expiry (harness.lease; renewed every epoch)
 # Reference runs (`harness reference`): which reference, and the split every run that can be
 # compared with it shares (iteration runs carry TAG_SPLIT too).
 TAG_REFERENCE = "harness.reference"  # REFERENCE_MAJORITY or REFERENCE_LINEAR_PROBE

@@ -12,6 +12,15 @@ the caller only hands events to the `RunTracker` that `Store.start` returns.
 
 The client API (explicit run ids) is used instead of mlflow's global active-run stack, because a
 resumed run must reopen a specific parent and child, and tests open several stores in one process.
+
+Many processes, one store (docs/scaling.md). A server URI is probed before use (harness.remote:
+one line naming it when it does not answer, MLflow's HTTP retries bounded). On SQLite, MLflow
+3.17 already gives every session a 20 s busy timeout, so concurrent writers wait for each other
+instead of failing; what does fail is two processes creating a new store at once (both run the
+schema migrations: "table ... already exists", "database is locked"), so a new store is opened
+under a file lock beside it. Two processes creating the same experiment: the loser reads the
+winner's. A running iteration carries a lease (harness.lease), renewed with each epoch's metrics
+in the same call, so a second `harness run` of it, on any machine, refuses.
 """
 
 from __future__ import annotations
@@ -26,21 +35,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from filelock import FileLock
 import mlflow
 import pandas as pd
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, ViewType
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
-from harness import metrics
+from harness import metrics, remote
 from harness.errors import InputError
+from harness.lease import Lease, check_running, lines
 from harness.ledger import Iteration, flatten
 from harness.records import (
     EXPERIMENT_KIND_TRAINING, FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME,
     RUNNING, SKIP, TAG_CONFIG_SHA, TAG_DATA, TAG_DATA_DIR, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON,
-    TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_PASS, TAG_PROFILE, TAG_PRUNED, TAG_REFERENCE, TAG_SPLIT, TAG_SYNTHETIC,
-    UNFINISHED, DataLineage, Decision, MetricPoint, ModelVersionRecord, RunRecord, display_name,
+    TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, TAG_PROFILE, TAG_PRUNED, TAG_REFERENCE, TAG_SPLIT,
+    TAG_SYNTHETIC, UNFINISHED, DataLineage, Decision, MetricPoint, ModelVersionRecord, RunRecord, display_name,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -92,6 +103,35 @@ def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str
     ]
 
 
+def open_client(uri: str) -> MlflowClient:
+    """A client for a resolved URI: a server is probed first (TrackingUnreachable, one line,
+    when it does not answer); a SQLite store is created and migrated by one process at a time."""
+    db = _sqlite_path(uri)
+    if db is None:
+        if remote.is_server(uri):
+            remote.configure_http_client()
+            remote.check_reachable(uri)
+        return MlflowClient(tracking_uri=uri)
+    with FileLock(f"{db}.lock"):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # creates and migrates the tables, if new
+    return client
+
+
+def create_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """A new experiment (artifacts beside a SQLite store); when another process created it a
+    moment ago, that one."""
+    root = artifact_root(uri)
+    try:
+        return client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None,
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 def git_tags(cwd: Optional[Path] = None) -> dict:
     """Commit and dirty flag of the code that ran (empty outside a git checkout)."""
     def git(*args):
@@ -139,13 +179,21 @@ def _run_tags(iteration: Iteration) -> dict:
             "mlflow.source.type": "LOCAL"}
 
 
+def _parent_query(iteration: Optional[str] = None, status: Optional[str] = None) -> str:
+    """The search filter for parent runs: of one iteration, in one status, if given."""
+    query = f"tags.`{TAG_KIND}` = '{KIND_ITERATION}'"
+    if iteration:
+        query += f" and tags.`{TAG_ITERATION}` = '{iteration}'"
+    return query + (f" and attributes.status = '{status}'" if status else "")
+
+
 class Store:
     """A tracking store: what `harness run` should do with an iteration, the runs it holds (as
     RunRecords), and trackers for new or resumed runs."""
 
     def __init__(self, uri: Optional[str] = None):
         self.uri = resolve_uri(uri, create=True)
-        self._client = MlflowClient(tracking_uri=self.uri)
+        self._client = open_client(self.uri)
         self._experiments: dict[str, str] = {}
 
     def experiment_id(self, name: str, create: bool = True) -> Optional[str]:
@@ -154,10 +202,8 @@ class Store:
             found = self._client.get_experiment_by_name(name)
             if found is None and not create:
                 return None
-            root = artifact_root(self.uri)
-            self._experiments[name] = found.experiment_id if found is not None else self._client.create_experiment(
-                name, artifact_location=(root / name).as_uri() if root else None,
-                tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
+            self._experiments[name] = (found.experiment_id if found is not None
+                                       else create_experiment(self._client, self.uri, name))
             if found is not None and TAG_EXPERIMENT_KIND not in found.tags:
                 self.mark_training(found.experiment_id)
         return self._experiments[name]
@@ -189,10 +235,7 @@ class Store:
 
     def runs(self, experiment: str, iteration: Optional[str] = None) -> list[RunRecord]:
         """Parent runs of an experiment, newest first, optionally of one iteration."""
-        query = f"tags.`{TAG_KIND}` = '{KIND_ITERATION}'"
-        if iteration:
-            query += f" and tags.`{TAG_ITERATION}` = '{iteration}'"
-        return [_record(run) for run in self._search(experiment, query)]
+        return [_record(run) for run in self._search(experiment, _parent_query(iteration))]
 
     def run(self, run_id: str) -> RunRecord:
         return _record(self._client.get_run(run_id))
@@ -207,8 +250,7 @@ class Store:
     def latest_finished(self, experiment: str, iteration: str, config_sha: Optional[str] = None) -> Optional[RunRecord]:
         """The newest FINISHED parent run of an iteration (with that config sha, if given): one
         search that returns at most one run, so its cost does not grow with the store."""
-        query = (f"tags.`{TAG_KIND}` = '{KIND_ITERATION}' and tags.`{TAG_ITERATION}` = '{iteration}' "
-                 f"and attributes.status = '{FINISHED}'")
+        query = _parent_query(iteration, FINISHED)
         if config_sha:
             query += f" and tags.`{TAG_CONFIG_SHA}` = '{config_sha}'"
         found = self._search(experiment, query, max_results=1)
@@ -247,14 +289,22 @@ class Store:
             done = self.latest_finished(experiment, name, sha)
             if done is not None:
                 return Decision(SKIP, done, f"{name}: already finished with this config (run {done.run_id[:8]}), skipping")
+        taken_over = self.check_leases(experiment, name)
         previous = None if fresh else self._unfinished(experiment, name, resumable)
         if previous is None:
-            return Decision(NEW)
+            return Decision(NEW, None, taken_over)
         if previous.config_sha == sha:
-            return Decision(RESUME, previous, f"{name}: resuming unfinished run {previous.run_id[:8]} "
-                                              f"(use --fresh to start over)")
-        return Decision(NEW, None, f"{name}: not resuming run {previous.run_id[:8]}: its config sha "
-                                   f"{previous.config_sha} differs from the ledger's {sha}; starting fresh")
+            return Decision(RESUME, previous, lines(taken_over, f"{name}: resuming unfinished run "
+                                                                 f"{previous.run_id[:8]} (use --fresh to start over)"))
+        return Decision(NEW, None, lines(taken_over, f"{name}: not resuming run {previous.run_id[:8]}: its config "
+                                                      f"sha {previous.config_sha} differs from the ledger's {sha}; "
+                                                      f"starting fresh"))
+
+    def check_leases(self, experiment: str, iteration: str) -> Optional[str]:
+        """harness.lease.check_running over the iteration's running runs: IterationHeld when one
+        holds a live lease of another process, else a line per lease taken over (or None)."""
+        running = self._search(experiment, _parent_query(iteration, RUNNING))
+        return check_running(iteration, [_record(run) for run in running])
 
     def _unfinished(self, experiment: str, iteration: str, resumable: Callable[[str], bool]) -> Optional[RunRecord]:
         """The newest unfinished parent run with local state, unless a finished one is newer (a
@@ -275,6 +325,7 @@ class Store:
         monitor samples CPU, memory, disk (and GPU) until it ends."""
         if decision.kind == SKIP:
             raise ValueError(f"{iteration.name}: a skipped iteration has no run to start")
+        self.check_leases(experiment, iteration.name)  # again: another machine may have started since `begin`
         resumed = decision.run if decision.kind == RESUME else None
         tracker = RunTracker(self._client, self.experiment_id(experiment), iteration, tags, resumed, run_name, data)
         if system_metrics:
@@ -376,16 +427,18 @@ class RunTracker:
         self.name = resumed.name if resumed is not None else (
             run_name or display_name(iteration.name, data is not None and data.synthetic))
         self.monitor: Optional[SystemMetrics] = None
+        self._longest_epoch = 0.0
         if resumed is not None:
             self.run_id = resumed.run_id
             self._client.update_run(self.run_id, status=RUNNING)
+            self._client.set_tag(self.run_id, TAG_LEASE, Lease.mine().to_tag())
             for child in self._client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}'"):
                 self._children[int(child.data.tags[TAG_PASS])] = child.info.run_id
             self._logged_steps = {m.step for m in self._client.get_metric_history(self.run_id, metrics.LOSS)}
             return
         synthetic = {TAG_SYNTHETIC: str(data.synthetic).lower()} if data is not None else {}
-        self.run_id = self._client.create_run(experiment_id, run_name=self.name,
-                                              tags={**_run_tags(iteration), **git_tags(), **tags, **synthetic}).info.run_id
+        self.run_id = self._client.create_run(experiment_id, run_name=self.name, tags={
+            **_run_tags(iteration), **git_tags(), **tags, **synthetic, TAG_LEASE: Lease.mine().to_tag()}).info.run_id
         self._logged_steps: set = set()
         if data is not None:
             _log_dataset(self._client, self.run_id, data)
@@ -423,7 +476,12 @@ class RunTracker:
                                                                       "pass."))
 
     def epoch_finished(self, pass_index: int, step: int, values: dict) -> None:
-        self._log_metrics(self.run_id, values, step)
+        """The epoch's metrics on the parent and the pass run; the parent's call also renews
+        the lease (no extra request)."""
+        self._longest_epoch = max(self._longest_epoch, float(values.get(metrics.EPOCH_SECONDS, 0.0)))
+        lease = RunTag(TAG_LEASE, Lease.mine(self._longest_epoch).to_tag())
+        self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), _now(), step) for k, v in values.items()],
+                               tags=[lease])
         if pass_index in self._children:
             self._log_metrics(self._children[pass_index], values, step)
         self._logged_steps.add(step)

@@ -2,6 +2,7 @@
 
     harness ui                       # http://127.0.0.1:5000, the store of `harness run`
     harness ui --port 5050 --tracking-uri sqlite:///elsewhere/mlflow.db
+    harness ui --tracking-uri http://team:5000   # a server: prints its address, starts nothing
 
 Runs `mlflow server` (uvicorn, one worker) over the SQLite store with its artifact root served,
 bound to 127.0.0.1 unless --host says otherwise, and prints the URL once the server answers.
@@ -73,7 +74,14 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
           log=print, experiment: Optional[str] = None, sort_by: Optional[str] = None) -> int:
     """Start the server, print the URL of `experiment`'s runs page, wait until it ends (or this
     process is told to stop). Experiments holding harness runs are tagged as model training
-    first, so the UI opens them on their runs table, not on the GenAI overview."""
+    first, so the UI opens them on their runs table, not on the GenAI overview. A tracking server
+    URI (http://...) already has a UI: its address is printed, nothing started."""
+    from harness.remote import chosen_uri, is_server
+
+    if is_server(chosen_uri(tracking_uri)):
+        log(f"MLflow UI of the tracking server: open {chosen_uri(tracking_uri)}  (a server already serves it; "
+            f"nothing started here)")
+        return 0
     from harness.quiet import is_verbose
     from harness.tracking import Store, artifact_root, resolve_uri, server_command
 

@@ -79,3 +79,27 @@ def records_store(tmp_path_factory):
     from store_builder import build
 
     return build(tmp_path_factory.mktemp("records"))
+
+
+@pytest.fixture(scope="session")
+def team_server():
+    """The session's team server (tests/pg_server.py): PostgreSQL + `mlflow server` on free
+    127.0.0.1 ports, started once for every test file that names it, stopped by PID at the end.
+    `.url` is the tracking URI, `.db_uri` MLflow's database. Skipped, saying why, only where
+    Debian's PostgreSQL binaries are absent."""
+    from pg_server import missing_postgres, throwaway_server
+
+    reason = missing_postgres()
+    if reason:
+        pytest.skip(reason)
+    with throwaway_server() as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def team_database(team_server):
+    """A factory: team_database("optuna") -> the URI of a database of that name on the session's
+    cluster, beside MLflow's (e.g. an Optuna storage), created on first use."""
+    from pg_server import new_database
+
+    return lambda name: new_database(team_server, name)

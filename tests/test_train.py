@@ -340,6 +340,8 @@ def test_sigkill_then_rerun_resumes_the_same_run(book, synth, tmp_path, store_ur
     rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"resuming unfinished run {run_id[:8]}" in rerun.stdout
+    # the killed process's lease on the run: taken over at once (its pid is gone), and said so
+    assert f"slow: taking over run {run_id[:8]}'s lease: its process is gone (host " in rerun.stdout
 
     store, runs = parents(store_uri, "slow")
     assert len(runs) == 1 and runs[0].run_id == run_id
