@@ -338,15 +338,8 @@ def _add_model_commands(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="harness",
-        description="Train the iterations of a YAML ledger and track them in MLflow.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also show the libraries' INFO lines and deprecation warnings (quiet by default)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_ledger_commands(sub) -> None:
+    """list, show, validate: read the ledger only (no TensorFlow, no MLflow)."""
     p = sub.add_parser("list", help="one line per iteration, in ledger order")
     _add_ledger(p)
     p.add_argument("--all", dest="every", action="store_true", help="every ledger (runs.yaml, experiments/*.yaml), grouped")
@@ -362,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ledger(p)
     p.set_defaults(func=cmd_validate)
 
+
+def _add_training_commands(sub) -> None:
+    """run, eval, lr-find, reference: the commands that train or score."""
     p = sub.add_parser("run", help="train iterations and log them to MLflow (a killed run resumes)")
     p.add_argument("iterations", nargs="*", metavar="ITER")
     p.add_argument("--all", action="store_true", help="every iteration in ledger order, skipping finished ones")
@@ -409,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     p.set_defaults(func=cmd_reference)
 
+
+def _add_sweep_command(sub) -> None:
+    """sweep: an Optuna study over an iteration's `sweep:` ranges."""
     p = sub.add_parser("sweep", help="Optuna search over the iteration's `sweep:` ranges; --promote writes it back")
     p.add_argument("iteration")
     p.add_argument("--trials", type=int, default=None, metavar="N", help="trials in the study, all workers together")
@@ -430,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_work_dir(p)
     p.set_defaults(func=cmd_sweep)
 
+
+def _add_tool_commands(sub) -> None:
+    """params, data: model and dataset tools."""
     p = sub.add_parser("params", help="build the iteration's model (no training) and count its parameters")
     p.add_argument("iteration")
     _add_ledger(p)
@@ -444,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data_synth)
 
+
+def _add_reading_commands(sub) -> None:
+    """table, runs, compare: read the store (no TensorFlow)."""
     p = sub.add_parser("table", help="regenerate the markdown results table from MLflow (no TensorFlow)")
     _add_ledger(p)
     p.add_argument("--out", default=None, metavar="FILE",
@@ -475,8 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     p.set_defaults(func=cmd_compare)
 
-    _add_model_commands(sub)
 
+def _add_service_commands(sub) -> None:
+    """ui, server: long-running processes, bound to 127.0.0.1 unless told otherwise."""
     p = sub.add_parser("ui", help="the MLflow UI over the project's store (prints the URL to open)")
     _add_ledger(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
@@ -489,6 +495,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_server)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Train the iterations of a YAML ledger and track them in MLflow.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' INFO lines and deprecation warnings (quiet by default)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_ledger_commands(sub)
+    _add_training_commands(sub)
+    _add_sweep_command(sub)
+    _add_tool_commands(sub)
+    _add_reading_commands(sub)
+    _add_model_commands(sub)
+    _add_service_commands(sub)
 
     for command in sub.choices.values():  # -v after the command too: `harness run x -v`
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

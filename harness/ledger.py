@@ -559,15 +559,7 @@ class Ledger:
             chain.append(parent)
 
     def _origin_line(self, chain: list[str], loc: tuple) -> int:
-        """Where a resolved value was written: the closest layer (iteration, its ancestors,
-        then defaults) that spells out the longest prefix of `loc`."""
-        layers = [("iterations", n) for n in chain] + [("defaults",)]
-        for depth in range(len(loc), 0, -1):
-            prefix = tuple(loc[:depth])
-            for layer in layers:
-                if layer + prefix in self.lines:
-                    return self.lines[layer + prefix]
-        return self._line(("iterations", chain[0]))
+        return _written_at(self.lines, chain, loc, self._line(("iterations", chain[0])))
 
     # ---- resolution
 
@@ -611,14 +603,8 @@ class Ledger:
             known = ["full"] + list(self.profiles)
             raise LedgerError([f"{self.path}: no profile named '{profile_name}'{_suggest(profile_name, known)}; "
                                f"known: {', '.join(known)}"])
-        profile = self.profiles[profile_name]
-        merged = deep_merge(iteration.to_dict(), profile.set)
-        merged["passes"] = [_cap_pass(p, profile.max_epochs_per_pass, profile.patience) for p in merged["passes"]]
-        if profile.batch_scale:
-            train = merged["batch_size"]["train"]
-            merged["batch_size"] = dict(merged["batch_size"], train=max(1, round(train * profile.batch_scale)))
         try:
-            return validate_dict(merged)
+            return validate_dict(_profiled(iteration, self.profiles[profile_name]))
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
@@ -647,6 +633,29 @@ class Ledger:
         if errors:
             raise LedgerError(errors)
         return resolved
+
+
+def _written_at(lines: dict, chain: list[str], loc: tuple, fallback: int) -> int:
+    """Where a resolved value was written: the closest layer (iteration, its ancestors, then
+    defaults) that spells out the longest prefix of `loc`; else `fallback`."""
+    layers = [("iterations", n) for n in chain] + [("defaults",)]
+    for depth in range(len(loc), 0, -1):
+        prefix = tuple(loc[:depth])
+        for layer in layers:
+            if layer + prefix in lines:
+                return lines[layer + prefix]
+    return fallback
+
+
+def _profiled(iteration: Iteration, profile: Profile) -> dict:
+    """The iteration's dict with a profile on top: its `set` values, its caps on every pass's
+    epochs and patience, its scale on the training batch."""
+    merged = deep_merge(iteration.to_dict(), profile.set)
+    merged["passes"] = [_cap_pass(p, profile.max_epochs_per_pass, profile.patience) for p in merged["passes"]]
+    if profile.batch_scale:
+        train = merged["batch_size"]["train"]
+        merged["batch_size"] = dict(merged["batch_size"], train=max(1, round(train * profile.batch_scale)))
+    return merged
 
 
 def _file_loc(loc) -> tuple:

@@ -190,6 +190,16 @@ def fit_epochs(fit_model, iteration: Iteration, data, state: RunState, pass_: Pa
     )
 
 
+def keep_pass_models(folder: RunFolder, index: int, pass_: PassConfig, model) -> None:
+    """Write the pass's .keras files and leave its best weights in `model`: the pass is scored
+    on its best checkpoint, the one it hands on as best.keras and the notes evaluated ("load
+    model.017 and evaluate"), never on where it happened to end."""
+    restore_best = pass_.early_stopping.restore_best if pass_.early_stopping else False
+    save_pass_models(folder, index, model, restore_best)
+    if not restore_best and folder.best_snapshot(index).exists():
+        load_snapshot(model, folder.best_snapshot(index), optimizer=False)
+
+
 @dataclass
 class Runner:
     """Trains `iteration` on `bundle` (harness.data.pipeline.make_datasets) in the work folder
@@ -285,12 +295,7 @@ class Runner:
             raise TrainingDiverged(self.diverged)
         if self.stopped_early:
             self.log(early_stop_line(index, pass_, self.state))
-        restore_best = pass_.early_stopping.restore_best if pass_.early_stopping else False
-        save_pass_models(self.folder, index, model, restore_best)
-        if not restore_best and self.folder.best_snapshot(index).exists():
-            # The pass is scored on its best checkpoint, the one it hands on as best.keras and
-            # the notes evaluated ("load model.017 and evaluate"), never on where it happened to end.
-            load_snapshot(model, self.folder.best_snapshot(index), optimizer=False)
+        keep_pass_models(self.folder, index, pass_, model)
         evaluated, predictions = evaluate(fit_model, data, self.dataset)
         best = self.state.best.get(str(index))
         result = PassResult(index=index, eval=evaluated, best_checkpoint=self.folder.checkpoint(index),
