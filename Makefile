@@ -36,7 +36,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@echo "setup: 2/3 upgrading pip"
 	@$(call quietly,$(BIN)/pip install --upgrade pip)
 	@echo "setup: 3/3 installing the harness and its pinned dependencies$(if $(GPU), with CUDA TensorFlow) (minutes)"
-	@$(call quietly,$(BIN)/pip install -e '.[dev,sweep,cluster$(if $(GPU),$(comma)gpu)]')
+	@$(call quietly,$(BIN)/pip install -e '.[dev$(comma)sweep$(comma)cluster$(if $(GPU),$(comma)gpu)]')
 	@touch $(STAMP)
 	@echo "setup: done"
 
