@@ -393,13 +393,23 @@ def head_cells(number, name: str, run: Optional[RunRecord], layout: Layout) -> t
     return accs, baccs
 
 
+def reference_split_text(split: str) -> str:
+    """Which validation images a reference row was scored on, short enough for the README
+    (several splits, say seed 1 and seed 42, each get their reference rows)."""
+    seed = re.search(r"seed (\d+)", split)
+    if "own split" in split:
+        return "reference run, the dataset's split"
+    return f"reference run, split seed {seed.group(1)}" if seed else "reference run"
+
+
 def reference_cells(record: RunRecord, layout: Layout) -> tuple[dict, dict, dict]:
     """A reference run as a row under the iterations."""
     kind = record.tags.get(TAG_REFERENCE, "")
     name = REFERENCE_LABELS.get(kind, kind)
     value = acc_text(score(record, layout.dataset).value) + (SYNTHETIC_MARK if is_synthetic(record) else "")
     main = {column: "" for column in layout.main_columns()}
-    main.update({"#": "ref", "Iteration": name, "Architecture": "reference run", layout.value: value,
+    main.update({"#": "ref", "Iteration": name, "Architecture": reference_split_text(record.tags.get(TAG_SPLIT, "")),
+                 layout.value: value,
                  "Remark": "`harness reference`", "Run": record.run_id,
                  "Started (UTC)": committed.started_text(record.start_time), "Profile": record.profile,
                  "Data": data_label(record), "Split": record.tags.get(TAG_SPLIT, "")})
