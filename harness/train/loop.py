@@ -18,13 +18,14 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from harness import metrics
+from harness import faults, metrics
 from harness.data.labels import output_name
 from harness.ledger import Iteration, PassConfig
 from harness.train import feature_cache
 from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot, save_last_good, save_pass_models,
                                        save_snapshot)
 from harness.train.compile import compile_model, lr_for_epoch, train_stream, val_stream
+from harness.train.rng import seed_pass
 
 # An epoch whose training loss is this many times the run's lowest so far has diverged: real
 # training never gets there, while an absurd LR can keep the loss finite (clipped softmax, huge
@@ -215,6 +216,7 @@ class Runner:
             model.stop_training = True
             self.stopped_early = True
         state.record_epoch(self.folder, index, values, snapshot)
+        faults.reach("after-snapshot")
         self.reporter.epoch_finished(index, step, values)
 
     def restore(self, index: int, model) -> None:
@@ -240,6 +242,7 @@ class Runner:
         from harness.models import head_model
 
         it, pass_ = self.iteration, self.iteration.passes[index]
+        seed_pass(it.seed, index)  # the pass's model is the same in a fresh and a resumed process
         model, freeze = new_model(it, index)
         self.reporter.pass_started(index, it, freeze)
         self.restore(index, model)
@@ -258,7 +261,7 @@ class Runner:
                 validation_data=val_stream(data),
                 epochs=pass_.epochs,
                 initial_epoch=self.state.epochs_in_pass,
-                callbacks=[_pass_callback(self, index, pass_)],
+                callbacks=[c for c in (_pass_callback(self, index, pass_), faults.mid_epoch_callback()) if c],
                 shuffle=False,  # the stream is shuffled, per epoch and seeded, by the data layer
                 # Keras's own progress logger syncs every batch (~5% of a CPU epoch); the epoch
                 # line is printed by the pass callback instead.
@@ -282,6 +285,7 @@ class Runner:
                             predictions=predictions, labels=dict(self.bundle.val_labels))
         self.state.finish_pass(index)
         self.state.save(self.workdir)
+        faults.reach("between-passes")
         self.reporter.pass_finished(index, result)
         return result
 
