@@ -296,17 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from harness import signals
     from harness.errors import InputError
 
+    signals.install()  # SIGTERM and SIGHUP stop a command the way Ctrl-C does
     try:
         return args.func(args)
     except InputError as exc:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        if not signals.reported(exc):
+            print("interrupted", file=sys.stderr)
+        return signals.exit_code(exc)
 
 
 if __name__ == "__main__":

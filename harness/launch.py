@@ -11,12 +11,13 @@ derived from the tracking URI.
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 from pathlib import Path
 from typing import Optional
 
-from harness import ledger, metrics
+from harness import ledger, metrics, signals
 from harness.errors import InputError
 from harness.profiles import announcement
 from harness.records import (NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
@@ -139,6 +140,16 @@ def prepare(book, name, profile, data_dir, skip_bad_rows, log, limit: Optional[i
     return Prepared(book, iteration, profile, table, parts, data_dir)
 
 
+def check_places(tracking_uri: Optional[str], work_root: Path) -> None:
+    """Where the run will write must work before anything is written (harness.guards)."""
+    from harness.guards import check_tracking_uri, check_work_dir
+    from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+
+    check_tracking_uri(tracking_uri or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI,
+                       "--tracking-uri" if tracking_uri else TRACKING_URI_ENV)
+    check_work_dir(work_root)
+
+
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
                   skip_bad_rows: bool = False, skip_finished: bool = False, limit: Optional[int] = None,
@@ -151,6 +162,7 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
     from harness.train import RunState
 
     work = resolve_work_dir(work_dir)
+    check_places(tracking_uri, work.root)
     store = Store(tracking_uri)
     decision = store.begin(book.experiment, prepared.iteration, fresh=fresh, skip_finished=skip_finished,
                            resumable=lambda run_id: RunState.exists(work.run(run_id)))
@@ -185,10 +197,11 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         tracker.fail(f"diverged: {exc}")
         log(f"{name}: FAILED, training diverged: {exc}. The last good checkpoint is in {folder}")
         return 1
-    except KeyboardInterrupt:
-        tracker.fail("interrupted", status="KILLED")
-        log(f"{name}: interrupted; run the same command again to resume")
-        raise
+    except KeyboardInterrupt as exc:
+        cause = str(exc) or "SIGINT"
+        tracker.fail(f"interrupted ({cause})", status="KILLED")
+        log(f"{name}: interrupted ({cause}); run the same command again to resume")
+        raise signals.mark_reported(exc)
     except BaseException as exc:
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
