@@ -14,7 +14,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 RUN_FLAGS = --ledger $(LEDGER) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run all table ui test bench lr-find validate list clean-venv
+.PHONY: help setup run all table ui test bench lr-find validate list clean-venv faults audit
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,14 @@ lr-find: setup ## LR range test: make lr-find ITER=second
 
 test: setup ## Run the test suite (real TensorFlow and MLflow on CPU, tiny data)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+faults: setup ## Run the fault suite (bad input, signals, kills, security) and write FAULTS.md
+	$(BIN)/python -m tests.faults_report --out FAULTS.md $(PYTEST_ARGS)
+
+audit: setup ## Check the installed, pinned dependencies against PyPI/OSV advisories (pip-audit; needs network)
+	$(BIN)/pip install --quiet -e '.[audit]'
+	$(BIN)/pip-audit --local --skip-editable --desc on --format markdown --output mlruns/audit.md || true
+	@cat mlruns/audit.md 2>/dev/null || echo "pip-audit wrote no report (no network?)"
 
 bench: setup ## Run the benchmarks in bench/ and print one markdown table
 	$(BIN)/python -m bench.run_all

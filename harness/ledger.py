@@ -37,6 +37,14 @@ DESCRIPTIVE_KEYS = ("title", "remark", "reported", "extends")
 REQUIRED_PROFILES = ("cpu", "smoke")
 
 
+# Absurd numbers are typos, refused where they are written rather than met as an out-of-memory
+# error or a ruined run: no backbone here wants images above 4096 px, no optimizer an LR above
+# 10 (a schedule's values are not capped: the divergence stop is tested with one), no pass a
+# million epochs.
+MAX_IMAGE_SIZE = 4096
+MAX_LR = 10.0
+MAX_EPOCHS = 100_000
+
 class LedgerError(InputError):
     """One or more problems in a ledger, each already formatted as one line."""
 
@@ -52,7 +60,7 @@ class DataConfig(_Strict):
     """Which dataset and how it is split and sized."""
 
     name: str = "hvc"
-    image_size: int = Field(224, gt=0)
+    image_size: int = Field(224, gt=0, le=MAX_IMAGE_SIZE)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     split_seed: int = 1
     # The notes' defect: `valid_gen` built from `train_df`, so "validation" is training data.
@@ -168,7 +176,7 @@ class LossConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.001, gt=0)
+    lr: float = Field(0.001, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
@@ -216,9 +224,9 @@ class EarlyStopping(_Strict):
 class PassConfig(_Strict):
     """One `model.fit`: the notes' "load the best checkpoint, set the LR, fit again"."""
 
-    epochs: int = Field(gt=0)
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
     # A constant LR, or a step schedule; with neither the optimizer's lr applies.
-    lr: Optional[float] = Field(None, gt=0)
+    lr: Optional[float] = Field(None, gt=0, le=MAX_LR)
     schedule: Optional[StepSchedule] = None
     # best: the previous pass's best checkpoint; last: the weights it ended with; none: fresh
     # weights. Unset means "none" for the first pass and "last" for every later one.

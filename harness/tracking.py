@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Optional
 from mlflow.entities import Metric, Param, ViewType
 from mlflow.tracking import MlflowClient
 
-from harness import metrics
+from harness import faults, metrics
 from harness.ledger import Iteration, flatten
 from harness.records import (
     FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP,
@@ -393,6 +393,7 @@ class RunTracker:
         figure = plots.training_curves(history, self.iteration.data.name, title=self.iteration.name)
         self._client.log_figure(self.run_id, figure, "plots/training_curves.png")
         plots.close(figure)
+        faults.reach("final-upload")
         if final_checkpoint is not None and Path(final_checkpoint).exists():
             self._client.log_artifact(self.run_id, str(final_checkpoint), "checkpoint")
         if results:

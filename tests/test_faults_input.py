@@ -117,6 +117,8 @@ def ledger_missing(c): c.ledger.unlink()
 def ledger_folder(c): c.ledger.unlink(); c.ledger.mkdir()
 def ledger_negative_epochs(c): c.ledger.write_text(LEDGER.replace("{epochs: 1}]", "{epochs: -3}]"))
 def ledger_absurd_lr(c): c.ledger.write_text(LEDGER.replace("lr: 0.003", "lr: 1.0e+300"))
+def ledger_absurd_image_size(c): c.ledger.write_text(LEDGER.replace("image_size: 32", "image_size: 1000000"))
+def ledger_absurd_epochs(c): c.ledger.write_text(LEDGER.replace("{epochs: 1}]", "{epochs: 1000000000}]"))
 
 
 def csv_empty(c): c.csv.write_bytes(b"")
@@ -181,7 +183,9 @@ REJECTED = [
     ("ledger-missing", ledger_missing, "not found", "ledger.yaml"),
     ("ledger-is-a-folder", ledger_folder, "folder", "ledger.yaml"),
     ("ledger-negative-epochs", ledger_negative_epochs, "epochs", "ledger.yaml:"),
-    ("ledger-absurd-lr", ledger_absurd_lr, "lr", "ledger.yaml:"),
+    ("ledger-absurd-lr", ledger_absurd_lr, "less than or equal to 10", "ledger.yaml:"),
+    ("ledger-absurd-image-size", ledger_absurd_image_size, "less than or equal to 4096", "ledger.yaml:"),
+    ("ledger-absurd-epochs", ledger_absurd_epochs, "less than or equal to 100000", "ledger.yaml:"),
     ("csv-0-bytes", csv_empty, "empty file", f"{CSV}:1"),
     ("csv-header-only", csv_header_only, "no rows", CSV),
     ("csv-duplicate-image-path", csv_duplicate_path, "duplicate of line 2", f"{CSV}:10"),

@@ -106,3 +106,31 @@ def test_killed_at_epoch_2_and_resumed_logs_exactly_the_uninterrupted_numbers(bo
     # and the summary the table reads
     for key in ("best_val_gender_acc", "selected_val_gender_acc", "selected_epoch"):
         assert history[key] == uninterrupted[key], key
+
+
+KILL_POINTS = ["mid-epoch:2", "during-snapshot:1", "after-snapshot:1", "between-passes:1", "final-upload:1"]
+
+
+def test_sigkill_at_each_awkward_moment_then_rerun_ends_with_one_finished_run(book, synth, uninterrupted, tmp_path,
+                                                                             record_property):
+    """One run killed five times, once at each point (each rerun continues from the last kill),
+    then a clean rerun: one FINISHED parent and two FINISHED passes, every epoch logged once,
+    and the same numbers as the uninterrupted run."""
+    record_property("expectation", "SIGKILL at " + ", ".join(KILL_POINTS) + ": the rerun ends with one FINISHED "
+                    "run, steps 1..5 each once, metrics equal to an uninterrupted run")
+    for fault in KILL_POINTS:
+        killed = harness_run(book, synth, tmp_path, fault=fault)
+        assert killed.returncode == -9, (fault, killed.stdout[-2000:] + killed.stderr[-2000:])
+    final = harness_run(book, synth, tmp_path)
+    assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
+    from harness.tracking import Store
+
+    store = Store(f"sqlite:///{tmp_path}/mlflow.db")
+    [parent] = store.runs("exact", "exact")
+    assert parent.status == "FINISHED"
+    children = store.children(parent.run_id)
+    assert sorted(c.name for c in children) == ["exact/pass-1", "exact/pass-2"]
+    assert all(c.status == "FINISHED" for c in children)
+    _, _, history = histories(f"sqlite:///{tmp_path}/mlflow.db")
+    for key, points in per_epoch(uninterrupted).items():
+        assert history[key] == points, key

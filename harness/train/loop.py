@@ -283,10 +283,12 @@ class Runner:
         result = PassResult(index=index, eval=evaluated, best_checkpoint=self.folder.checkpoint(index),
                             best_epoch=best["step"] if best else None, stopped_early=self.stopped_early,
                             predictions=predictions, labels=dict(self.bundle.val_labels))
+        # Reported first, recorded second: a kill in between repeats the pass's end (scored
+        # again, logged again over the same names) instead of leaving it never logged.
+        self.reporter.pass_finished(index, result)
+        faults.reach("between-passes")
         self.state.finish_pass(index)
         self.state.save(self.workdir)
-        faults.reach("between-passes")
-        self.reporter.pass_finished(index, result)
         return result
 
     def run(self) -> list[PassResult]:
