@@ -19,7 +19,7 @@ RUN_FLAGS = $(LEDGER_FLAG) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--
 quietly = $(1) >> $(SETUP_LOG) 2>&1 || { echo "setup: failed; the end of $(SETUP_LOG):"; tail -n 30 $(SETUP_LOG); exit 1; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run all table ui test test-fast bench lr-find validate list clean-venv server server-stop
+.PHONY: help setup run all table ui test test-fast bench lr-find validate list clean-venv server server-stop faults audit
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,6 +76,14 @@ test: setup ## Run the whole test suite (real TensorFlow, MLflow and Chromium on
 
 test-fast: setup ## The tests not marked slow (the inner loop, ~2 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+faults: setup ## Run the fault suite (bad input, signals, kills, security) and write FAULTS.md
+	$(BIN)/python -m tests.faults_report --out FAULTS.md $(PYTEST_ARGS)
+
+audit: setup ## Check the installed, pinned dependencies against PyPI/OSV advisories (pip-audit; needs network)
+	$(BIN)/pip install --quiet -e '.[audit]'
+	$(BIN)/pip-audit --local --skip-editable --desc on --format markdown --output mlruns/audit.md || true
+	@cat mlruns/audit.md 2>/dev/null || echo "pip-audit wrote no report (no network?)"
 
 bench: setup ## Run the benchmarks in bench/ and print one markdown table
 	$(BIN)/python -m bench.run_all

@@ -523,12 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from harness import quiet
+    from harness import quiet, signals
     from harness.errors import InputError
     from harness.remote import check_tracking
 
     quiet.configure(args.verbose)
 
+    signals.install()  # SIGTERM and SIGHUP stop a command the way Ctrl-C does
     try:
         if hasattr(args, "tracking_uri"):
             check_tracking(args.tracking_uri)  # a server that does not answer: one line, before any import
@@ -537,9 +538,10 @@ def main(argv=None) -> int:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        if not signals.reported(exc):
+            print("interrupted", file=sys.stderr)
+        return signals.exit_code(exc)
     except BrokenPipeError:  # `harness list --all | head`: the reader had enough; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit too
         return 0

@@ -11,12 +11,13 @@ derived from the tracking URI.
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 from pathlib import Path
 from typing import Optional, Protocol
 
-from harness import ledger, metrics
+from harness import ledger, metrics, signals
 from harness.errors import InputError
 from harness.profiles import announcement
 from harness.records import (KILLED, NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
@@ -166,6 +167,16 @@ class Variant(Protocol):
     def watch(self, tracker): ...
 
 
+def check_places(tracking_uri: Optional[str], work_root: Path) -> None:
+    """Where the run will write must work before anything is written (harness.guards)."""
+    from harness.guards import check_tracking_uri, check_work_dir
+    from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+
+    check_tracking_uri(tracking_uri or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI,
+                       "--tracking-uri" if tracking_uri else TRACKING_URI_ENV)
+    check_work_dir(work_root)
+
+
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
                   skip_bad_rows: bool = False, skip_finished: bool = False, limit: Optional[int] = None,
@@ -180,11 +191,13 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
     from harness.settings import work_dir as resolve_work_dir
 
     work = resolve_work_dir(work_dir)
+    check_places(tracking_uri, work.root)
     with IterationLock(work.root, book.experiment, name) as lock:
-        return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log)
+        return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log, variant, system_metrics)
 
 
-def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool, skip_finished: bool, log) -> int:
+def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool, skip_finished: bool, log,
+                variant: Optional[Variant], system_metrics: bool) -> int:
     from harness.tracking import Store
     from harness.train import RunState
 
@@ -228,10 +241,11 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         tracker.fail(f"diverged: {exc}")
         log(f"{name}: FAILED, training diverged: {exc}. The last good checkpoint is in {folder}")
         return 1
-    except KeyboardInterrupt:
-        tracker.fail("interrupted", status="KILLED")
-        log(f"{name}: interrupted; run the same command again to resume")
-        raise
+    except KeyboardInterrupt as exc:
+        cause = str(exc) or "SIGINT"
+        tracker.fail(f"interrupted ({cause})", status="KILLED")
+        log(f"{name}: interrupted ({cause}); run the same command again to resume")
+        raise signals.mark_reported(exc)
     except BaseException as exc:
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise

@@ -42,6 +42,14 @@ REQUIRED_PROFILES = ("cpu", "smoke")
 SHA_NEUTRAL_DEFAULTS = {("compute", "distribute"): "none"}
 
 
+# Absurd numbers are typos, refused where they are written rather than met as an out-of-memory
+# error or a ruined run: no backbone here wants images above 4096 px, no optimizer an LR above
+# 10 (a schedule's values are not capped: the divergence stop is tested with one), no pass a
+# million epochs.
+MAX_IMAGE_SIZE = 4096
+MAX_LR = 10.0
+MAX_EPOCHS = 100_000
+
 class LedgerError(InputError):
     """One or more problems in a ledger, each already formatted as one line."""
 
@@ -57,7 +65,7 @@ class DataConfig(_Strict):
     """Which dataset and how it is split and sized."""
 
     name: str = "hvc"
-    image_size: int = Field(224, gt=0)
+    image_size: int = Field(224, gt=0, le=MAX_IMAGE_SIZE)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     split_seed: int = 1
     # The notes' defect: `valid_gen` built from `train_df`, so "validation" is training data.
@@ -173,7 +181,7 @@ class LossConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.001, gt=0)
+    lr: float = Field(0.001, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
@@ -221,9 +229,9 @@ class EarlyStopping(_Strict):
 class PassConfig(_Strict):
     """One `model.fit`: the notes' "load the best checkpoint, set the LR, fit again"."""
 
-    epochs: int = Field(gt=0)
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
     # A constant LR, or a step schedule; with neither the optimizer's lr applies.
-    lr: Optional[float] = Field(None, gt=0)
+    lr: Optional[float] = Field(None, gt=0, le=MAX_LR)
     schedule: Optional[StepSchedule] = None
     # best: the previous pass's best checkpoint; last: the weights it ended with; none: fresh
     # weights. Unset means "none" for the first pass and "last" for every later one.
@@ -437,11 +445,25 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int]]:
         where = f"{filename}:{mark.line + 1}" if mark else filename
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise LedgerError([f"{where}: YAML syntax error: {problem}"]) from None
+    except RecursionError:
+        raise LedgerError([f"{filename}:1: nested too deeply to be a ledger"]) from None
     lines: dict[Path_, int] = {}
     errors: list[str] = []
+    budget = [MAX_LEDGER_NODES]
 
     def build(node, path: Path_):
+        # Aliases share nodes, so a few lines of anchors can stand for billions of values
+        # ("billion laughs"): count what is built, and refuse deep nesting before Python's stack does.
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise LedgerError([f"{filename}:{node.start_mark.line + 1}: more than {MAX_LEDGER_NODES:,} values once "
+                               f"aliases are expanded (an alias bomb?); a ledger is far smaller"])
+        if len(path) > MAX_LEDGER_DEPTH:
+            raise LedgerError([f"{filename}:{node.start_mark.line + 1}: nested deeper than {MAX_LEDGER_DEPTH} levels"])
         lines.setdefault(path, node.start_mark.line + 1)
+        if node.tag not in PLAIN_TAGS:  # !!python/object and friends: refused, never constructed
+            raise LedgerError([f"{filename}:{node.start_mark.line + 1}: the tag {node.tag} is not allowed; "
+                               f"a ledger holds plain YAML values only"])
         if isinstance(node, yaml.MappingNode):
             loader.flatten_mapping(node)
             out: dict = {}
@@ -461,7 +483,13 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int]]:
             return [build(item, path + (i,)) for i, item in enumerate(node.value)]
         return loader.construct_object(node, deep=True)
 
-    data = build(root, ()) if root is not None else None
+    try:
+        data = build(root, ()) if root is not None else None
+    except yaml.YAMLError as exc:  # a tag SafeLoader will not construct (!!python/object...)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        problem = (getattr(exc, "problem", None) or str(exc)).splitlines()[0]
+        raise LedgerError([f"{where}: {problem}; a ledger holds plain YAML values only"]) from None
     loader.dispose()
     if errors:
         raise LedgerError(errors)
@@ -685,8 +713,12 @@ def _innermost(errors: list[dict]) -> list[dict]:
     """Drop errors on a container when a field inside it failed too: pydantic adds a follow-on
     "passes: should have at least 1 item" once the only pass was rejected."""
     locs = [tuple(e["loc"]) for e in errors]
+    # "passes: required" is a follow-on of "Passes: unknown key (did you mean 'passes'?)" too.
+    miscased = {loc[:-1] + (str(loc[-1]).lower(),) for e, loc in zip(errors, locs)
+                if e["type"] == "extra_forbidden" and str(loc[-1]) != str(loc[-1]).lower()}
     return [e for e, loc in zip(errors, locs)
-            if not any(other != loc and other[:len(loc)] == loc for other in locs)]
+            if not any(other != loc and other[:len(loc)] == loc for other in locs)
+            and not (e["type"] == "missing" and loc in miscased)]
 
 
 def validate_dict(merged: dict) -> Iteration:
@@ -748,15 +780,30 @@ def _scale_schedule(schedule: dict, scale: float, max_epochs: int) -> dict:
 
 _TOP_LEVEL = ("experiment", "defaults", "profiles", "iterations")
 SWEEP_KEY = "sweep"  # an iteration's search space (harness.sweep_space)
+# Bounds that no real ledger comes near (runs.yaml: ~10 kB, ~600 values, depth 6) and that keep
+# a hostile or mistaken file from costing more than a fraction of a second.
+MAX_LEDGER_BYTES = 1_000_000
+MAX_LEDGER_NODES = 200_000
+MAX_LEDGER_DEPTH = 50
+PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
+                       ("map", "seq", "str", "int", "float", "bool", "null", "timestamp", "binary"))
 
 
 def load(path: Union[str, Path]) -> Ledger:
     """Read and structurally check a ledger file; iterations are validated on resolve."""
     path = Path(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_LEDGER_BYTES:
+            raise LedgerError([f"{path}: {size:,} bytes; a ledger is at most {MAX_LEDGER_BYTES:,} (is this the right file?)"])
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise LedgerError([f"{path}: ledger file not found"]) from None
+    except IsADirectoryError:
+        raise LedgerError([f"{path}: is a folder, not a ledger file"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise LedgerError([f"{path}:{line}: not UTF-8 text (byte {exc.start})"]) from None
     data, lines = _load_with_lines(text, str(path))
     if not isinstance(data, dict):
         raise LedgerError([f"{path}:1: a ledger is a mapping with keys {', '.join(_TOP_LEVEL)}"])
@@ -764,6 +811,9 @@ def load(path: Union[str, Path]) -> Ledger:
     for key in data:
         if key not in _TOP_LEVEL:
             errors.append(f"{path}:{lines[(key,)]}: unknown top-level key '{key}'{_suggest(key, _TOP_LEVEL)}")
+    if any(str(key).lower() in _TOP_LEVEL and key not in _TOP_LEVEL for key in data):
+        # 'Iterations:' for 'iterations:': one line about the spelling, not a second about what is missing
+        raise LedgerError(errors)
     experiment = data.get("experiment")
     if not isinstance(experiment, str) or not experiment:
         errors.append(f"{path}:{lines.get(('experiment',), 1)}: experiment: required, the MLflow experiment name")

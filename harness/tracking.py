@@ -43,13 +43,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
-from harness import metrics, remote
+from harness import faults, metrics, remote
 from harness.errors import InputError
 from harness.lease import Lease, check_running, lines
 from harness.ledger import Iteration, flatten
 from harness.records import (
-    EXPERIMENT_KIND_TRAINING, FAILED, FINISHED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW, RESUME,
-    RUNNING, SKIP, TAG_CONFIG_SHA, TAG_DATA, TAG_DATA_DIR, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON,
+    EXPERIMENT_KIND_TRAINING, FAILED, FINISHED, KILLED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW,
+    RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_DATA, TAG_DATA_DIR, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON,
     TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, TAG_PROFILE, TAG_PRUNED, TAG_REFERENCE, TAG_SPLIT,
     TAG_SYNTHETIC, UNFINISHED, DataLineage, Decision, MetricPoint, ModelVersionRecord, RunRecord, display_name,
 )
@@ -515,6 +515,7 @@ class RunTracker:
         figure = plots.training_curves(history, self.iteration.data.name, title=self.iteration.name)
         self._client.log_figure(self.run_id, figure, "plots/training_curves.png")
         plots.close(figure)
+        faults.reach("final-upload")
         if final_checkpoint is not None and Path(final_checkpoint).exists():
             self._client.log_artifact(self.run_id, str(final_checkpoint), "checkpoint")
         if results:

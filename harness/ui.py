@@ -29,6 +29,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 STARTUP_SECONDS = 120
 SERVER_LOG = "ui-server.log"  # beside the SQLite store, unless -v
+STOP_GRACE_SECONDS = 3.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def port_free(host: str, port: int) -> bool:
@@ -87,6 +89,12 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
 
     if not 0 < port < 65536:
         raise InputError(f"harness ui: --port {port} is not a TCP port")
+    if host not in LOOPBACK:
+        # MLflow's UI has no login of its own: on another address anyone who reaches the port
+        # reads every run and can delete them.
+        raise InputError(f"harness ui: --host {host}: the MLflow UI has no authentication, so it listens on "
+                         f"loopback only (127.0.0.1, localhost, ::1); reach it remotely through an SSH tunnel "
+                         f"(ssh -L {port}:127.0.0.1:{port} HOST)")
     if not port_free(host, port):
         raise InputError(f"harness ui: {host}:{port} is already in use; pick another with --port")
     uri = resolve_uri(tracking_uri, create=True)
@@ -103,12 +111,11 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
     stopping: list[float] = []
 
     def stop(signum, _frame):
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # mlflow server passes it on to uvicorn
+        _kill_group(process.pid, signal.SIGTERM)  # mlflow, its uvicorn and any worker
         stopping.append(time.monotonic())
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
     url = url_for(host, port)
     if not wait_until_up(url, process):
         stop(signal.SIGTERM, None)
@@ -123,20 +130,20 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
     if experiment and experiment_id is None:
         log(f"no experiment {experiment} in this store yet: train an iteration first (make run ITER=name)")
     log(f"compare iterations: pick the experiment, select runs, Compare, then the {val_acc('hvc')} chart")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log(f"note: bound to {host}: anyone who can reach this machine on port {port} can read the runs")
     if server_log is not None:
         log(f"server log: {server_log.name} (harness -v ui shows it here)")
     sys.stdout.flush()
     return _reap(process, stopping)
 
 
-def _reap(process: subprocess.Popen, stopping: list[float], grace: float = 20.0) -> int:
+def _reap(process: subprocess.Popen, stopping: list[float], grace: float = STOP_GRACE_SECONDS) -> int:
     """Wait for the server to end; once asked to stop, kill its process group after `grace`
-    seconds, or at once on a second stop signal."""
+    seconds, or at once on a second stop signal. The grace fits inside the 5 s a service
+    manager (or `timeout`) is promised: uvicorn usually exits within a second of SIGTERM, but
+    an open browser's keep-alive connections can hold it for its own 30 s shutdown timeout."""
     while True:
         try:
-            code = process.wait(timeout=0.5)
+            code = process.wait(timeout=0.1)
             break
         except subprocess.TimeoutExpired:
             if stopping and (len(stopping) > 1 or time.monotonic() - stopping[0] > grace):

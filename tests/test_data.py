@@ -120,8 +120,13 @@ def test_validate_on_train_reuses_training_images_and_says_so(synth_dir):
 
 
 def test_overlap_guard_stops_shared_rows_and_shared_images(data_copy):
-    edit_csv(data_copy, lambda f: f.assign(image_path=f["image_path"].where(f.index != 5, f["image_path"][0])))
+    # Two CSV rows naming one file are now refused when the CSV is read (test_faults_input);
+    # the split guard stays as a second line of defence, tested on a table given such rows.
     table = load_hvc(data_copy)
+    table.paths[5] = table.paths[0]
+    edit_csv(data_copy, lambda f: f.assign(image_path=f["image_path"].where(f.index != 5, f["image_path"][0])))
+    with pytest.raises(InputError, match="duplicate of line 2"):
+        load_hvc(data_copy)
     with pytest.raises(InputError, match="overlap in 1 rows"):
         check_disjoint(table, np.array([0, 1, 2]), np.array([2, 3]))
     with pytest.raises(InputError) as info:

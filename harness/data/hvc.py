@@ -41,6 +41,9 @@ MAX_LINES_SHOWN = 20
 _CHUNK = 512
 
 _SOI = b"\xff\xd8"
+# A decompression bomb is a small file that declares a huge image; the header says so before
+# anything is decoded. hvc crops are 224x224; this is ~6,300 px square.
+MAX_IMAGE_PIXELS = 40_000_000
 _EOI = b"\xff\xd9"
 
 
@@ -123,6 +126,9 @@ def _read_csv_bytes(csv_path: Path) -> bytes:
         hint = "" if csv_path.parent.is_dir() else f" (no folder {csv_path.parent})"
         raise InputError([f"{csv_path}: file not found{hint}; the data folder must hold {CSV_NAME} "
                           f"and the images it names"]) from None
+    except NotADirectoryError:
+        raise InputError([f"{csv_path.parent}: is a file, not a folder; the data folder must hold {CSV_NAME} "
+                          f"and the images it names"]) from None
     except OSError as exc:
         raise InputError([f"{csv_path}: cannot read: {exc.strerror}"]) from None
 
@@ -166,10 +172,18 @@ def _cheap_problems(frame: pd.DataFrame) -> list[list[str]]:
         values = frame[column]
         for i in np.flatnonzero(~values.isin(classes).to_numpy()):
             problems[i].append(f"{column} '{values.iloc[i]}': unknown label; allowed: {', '.join(classes)}")
-    for i, image_path in enumerate(frame["image_path"]):
+    first_line: dict[str, int] = {}
+    for i, (image_path, line) in enumerate(zip(frame["image_path"], frame["csv_line"])):
         problem = _path_problem(image_path)
         if problem:
             problems[i].append(problem)
+            continue
+        # The same image twice would count twice, and could sit in both splits.
+        key = os.path.normpath(image_path)
+        if key in first_line:
+            problems[i].append(f"image_path '{image_path}': duplicate of line {first_line[key]}")
+        else:
+            first_line[key] = int(line)
     return problems
 
 
@@ -187,8 +201,11 @@ def _path_problem(image_path: str) -> Optional[str]:
 def _image_problem(root: str, image_path: str) -> tuple[Optional[str], tuple[int, int]]:
     """(problem or None, (height, width)) for one image named by the CSV."""
     where = f"image_path '{image_path}'"
+    real = os.path.realpath(os.path.join(root, image_path))
+    if not real.startswith(os.path.realpath(root) + os.sep):
+        return f"{where}: a link leading outside the data folder (to {real})", (0, 0)
     try:
-        with open(os.path.join(root, image_path), "rb") as handle:
+        with open(real, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         return f"{where}: file not found", (0, 0)
@@ -203,10 +220,14 @@ def _image_problem(root: str, image_path: str) -> tuple[Optional[str], tuple[int
     if not data.rstrip(b"\x00").endswith(_EOI):
         return f"{where}: truncated JPEG (no end-of-image marker)", (0, 0)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
             width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return f"{where}: declares {width}x{height} px, more than {MAX_IMAGE_PIXELS:,}; refused unread", (0, 0)
             image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             image.load()
+    except Image.DecompressionBombError as exc:
+        return f"{where}: refused unread ({exc})", (0, 0)
     except UnidentifiedImageError:
         return f"{where}: corrupt JPEG (no image format recognised)", (0, 0)
     except (OSError, SyntaxError, ValueError) as exc:

@@ -134,5 +134,8 @@ def head_model(model: keras.Model) -> keras.Model:
 
 
 def load_model(path, compile: bool = True) -> keras.Model:
-    """A .keras file the harness wrote (its custom layers are registered by this package)."""
-    return keras.models.load_model(path, compile=compile)
+    """A .keras file the harness wrote (its custom layers are registered by this package).
+    safe_mode stays on, spelled out: a .keras file from an artifact store or a colleague must
+    not be able to run code (a Lambda layer's pickled bytecode) when it is loaded; the harness
+    builds no Lambda layer, so nothing it writes needs it off."""
+    return keras.models.load_model(path, compile=compile, safe_mode=True)

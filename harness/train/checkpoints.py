@@ -30,7 +30,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from harness import metrics
+from harness import faults, metrics
+from harness.train.rng import generator_states
 
 STATE_FILE = "state.json"
 
@@ -161,8 +162,11 @@ class RunFolder:
 
 
 def save_snapshot(model, path: Path) -> None:
-    """Weights (model.weights order) and, once built, the optimizer's variables, as arrays."""
+    """Weights (model.weights order), the random generators' states (dropout masks continue
+    where they were, see harness.train.rng) and, once built, the optimizer's variables (its
+    step count and momenta), as arrays: everything a resumed epoch needs to be bit-exact."""
     arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(model.weights)}
+    arrays.update({f"r{i}": np.asarray(v) for i, v in enumerate(generator_states(model))})
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and optimizer.built:
         arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
@@ -170,15 +174,21 @@ def save_snapshot(model, path: Path) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
+            handle.flush()
+            faults.reach("during-snapshot")
 
     atomic_write(path, write)
 
 
 def load_snapshot(model, path: Path, optimizer: bool = True) -> None:
-    """Put a snapshot's weights (and optimizer state) back into a model built and compiled
-    exactly as the one that was saved."""
+    """Put a snapshot's weights (and, to resume, its random and optimizer state) back into a
+    model built and compiled exactly as the one that was saved."""
     with np.load(path) as data:
         model.set_weights([data[f"w{i}"] for i in range(len(model.weights))])
+        if optimizer:
+            for i, variable in enumerate(generator_states(model)):
+                if f"r{i}" in data.files:  # snapshots written before the states were kept lack them
+                    variable.assign(data[f"r{i}"])
         if optimizer and "o0" in data.files:
             opt = model.optimizer
             if not opt.built:

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from harness import metrics
+from harness import faults, metrics
 from harness.data.labels import output_name
 from harness.ledger import Iteration, PassConfig
 from harness.train import feature_cache, progress
@@ -26,6 +26,7 @@ from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot,
                                        save_snapshot)
 from harness.train.compile import compile_model, lr_for_epoch, train_stream, val_stream
 from harness.train.distribute import strategy_scope, synchronize_batch_norm
+from harness.train.rng import seed_pass
 
 # An epoch whose training loss is this many times the run's lowest so far has diverged: real
 # training never gets there, while an absurd LR can keep the loss finite (clipped softmax, huge
@@ -250,6 +251,7 @@ class Runner:
             model.stop_training = True
             self.stopped_early = True
         state.record_epoch(self.folder, index, values, snapshot)
+        faults.reach("after-snapshot")
         self.reporter.epoch_finished(index, step, values)
 
     def restore(self, index: int, model) -> None:
@@ -275,6 +277,7 @@ class Runner:
         from harness.models import head_model
 
         it, pass_ = self.iteration, self.iteration.passes[index]
+        seed_pass(it.seed, index)  # the pass's model is the same in a fresh and a resumed process
         model, freeze = new_model(it, index)
         self.reporter.pass_started(index, it, freeze)
         self.restore(index, model)
@@ -289,7 +292,7 @@ class Runner:
             fit_epochs(fit_model, it, data, self.state, pass_,
                        # progress first: its line ends before the epoch's
                        [*progress.callbacks(data.steps_per_epoch, it.batch_size.train, pass_.epochs, self.log),
-                        _pass_callback(self, index, pass_)])
+                        *(c for c in (_pass_callback(self, index, pass_), faults.mid_epoch_callback()) if c)])
         if self.diverged:
             save_last_good(self.folder, self.state, index, model)
             raise TrainingDiverged(self.diverged)
@@ -301,9 +304,12 @@ class Runner:
         result = PassResult(index=index, eval=evaluated, best_checkpoint=self.folder.checkpoint(index),
                             best_epoch=best["step"] if best else None, stopped_early=self.stopped_early,
                             predictions=predictions, labels=dict(self.bundle.val_labels))
+        # Reported first, recorded second: a kill in between repeats the pass's end (scored
+        # again, logged again over the same names) instead of leaving it never logged.
+        self.reporter.pass_finished(index, result)
+        faults.reach("between-passes")
         self.state.finish_pass(index)
         self.state.save(self.workdir)
-        self.reporter.pass_finished(index, result)
         return result
 
     def run(self) -> list[PassResult]:
