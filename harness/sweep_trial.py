@@ -114,6 +114,10 @@ class Trial:
     def finish(self, *args) -> dict:
         return self.tracker.finish(*args)
 
+    def log_model(self, *args, **kwargs) -> str:
+        """A finished trial is a run like any other: its selected checkpoint is registrable."""
+        return self.tracker.log_model(*args, **kwargs)
+
     def replay(self, history) -> int:
         """Epochs a killed worker finished: to MLflow where missing, and all of them to Optuna
         (the retry is a new Optuna trial)."""

@@ -51,7 +51,7 @@ from harness.records import (
     EXPERIMENT_KIND_TRAINING, FAILED, FINISHED, KILLED, KIND_ITERATION, KIND_LR_FIND, KIND_PASS, KIND_REFERENCE, NEW,
     RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_DATA, TAG_DATA_DIR, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON,
     TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, TAG_PROFILE, TAG_PRUNED, TAG_REFERENCE, TAG_SPLIT,
-    TAG_SYNTHETIC, UNFINISHED, DataLineage, Decision, MetricPoint, ModelVersionRecord, RunRecord, display_name,
+    SYNTHETIC_MARK, TAG_SYNTHETIC, UNFINISHED, DataLineage, Decision, MetricPoint, ModelVersionRecord, RunRecord, display_name,
 )
 from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -424,8 +424,10 @@ class RunTracker:
                  data: Optional[DataLineage] = None):
         self._client, self._experiment_id, self.iteration = client, experiment_id, iteration
         self._children: dict[int, str] = {}
-        self.name = resumed.name if resumed is not None else (
-            run_name or display_name(iteration.name, data is not None and data.synthetic))
+        # The pass runs are named after the iteration (or trial); only the parent's shown name
+        # carries the synthetic-data mark.
+        self.name = (resumed.name.removesuffix(SYNTHETIC_MARK) if resumed is not None
+                     else run_name or iteration.name)
         self.monitor: Optional[SystemMetrics] = None
         self._longest_epoch = 0.0
         if resumed is not None:
@@ -437,7 +439,8 @@ class RunTracker:
             self._logged_steps = {m.step for m in self._client.get_metric_history(self.run_id, metrics.LOSS)}
             return
         synthetic = {TAG_SYNTHETIC: str(data.synthetic).lower()} if data is not None else {}
-        self.run_id = self._client.create_run(experiment_id, run_name=self.name, tags={
+        shown = display_name(self.name, data is not None and data.synthetic)
+        self.run_id = self._client.create_run(experiment_id, run_name=shown, tags={
             **_run_tags(iteration), **git_tags(), **tags, **synthetic, TAG_LEASE: Lease.mine().to_tag()}).info.run_id
         self._logged_steps: set = set()
         if data is not None:
