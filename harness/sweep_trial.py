@@ -78,13 +78,15 @@ class Trial:
 
     def decide(self, store, iteration, resumable) -> Decision:
         """NEW, or (a retry of a killed worker's trial) RESUME of that trial's run where it stopped."""
+        from harness.tracking import end_run
+
         previous = self.trial.user_attrs.get(ATTR_RUN) if self.retry_of is not None else None
         if previous and resumable(previous):
             return Decision(RESUME, store.run(previous), f"trial {self.trial.number}: resuming run {previous[:8]} "
                                                          f"of trial {self.retry_of} from its last finished epoch")
         if previous:  # its checkpoints are on another machine: a new run, and the old one closed
-            store.end_run(previous, KILLED, f"worker gone; trial {self.retry_of} retried as trial "
-                                            f"{self.trial.number} without its checkpoints")
+            end_run(store, previous, KILLED, f"worker gone; trial {self.retry_of} retried as trial "
+                                             f"{self.trial.number} without its checkpoints")
             return Decision(NEW, None, f"trial {self.trial.number}: run {previous[:8]} of trial {self.retry_of} "
                                        f"left no checkpoints here; training from the start")
         return Decision(NEW)

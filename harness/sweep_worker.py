@@ -68,6 +68,8 @@ class Worker:
     def open(self) -> None:
         """Create or join the study and its parent run; a study of another space or metric is
         exit 2."""
+        from harness.tracking import open_sweep, sweep_run
+
         plan = self.plan
         with self._lock():
             study = self.optuna.create_study(study_name=plan.study_name, storage=self.storage,
@@ -80,10 +82,10 @@ class Worker:
             if study.direction.name.lower() != plan.direction:
                 raise InputError(f"--study {plan.sweep}: that study is set to {study.direction.name.lower()}")
             if ATTR_PARENT_RUN in attrs:
-                self.parent = self.store.sweep_run(attrs[ATTR_PARENT_RUN])
+                self.parent = sweep_run(self.store, attrs[ATTR_PARENT_RUN])
                 return
-            self.parent = self.store.open_sweep(plan.book.experiment, plan.run_name, _parent_tags(plan),
-                                                _parent_params(plan), _space_yaml(plan))
+            self.parent = open_sweep(self.store, plan.book.experiment, plan.run_name, _parent_tags(plan),
+                                     _parent_params(plan), _space_yaml(plan))
             study.set_user_attr(ATTR_SPACE, plan.space.as_dict())
             study.set_user_attr(ATTR_METRIC, plan.metric)
             study.set_user_attr(ATTR_PARENT_RUN, self.parent.run_id)
@@ -91,6 +93,8 @@ class Worker:
     def _gone(self, study, trial) -> None:
         """A trial whose worker is gone was just failed: retry it (its run resumes), or close its
         run when it was retried too often. Said, never silent."""
+        from harness.tracking import end_run
+
         retry_cb = self.optuna.storages.RetryHeartbeatStaleTrialCallback
         self.retry(study, trial)
         retries = [t.number for t in study.get_trials(deepcopy=False) if trial.number in retry_cb.retry_history(t)]
@@ -103,7 +107,7 @@ class Worker:
         self.log(f"trial {trial.number} was left RUNNING by a worker that is gone: marked FAIL, not retried "
                  f"(retried {MAX_RETRIES} times already)")
         if run_id:
-            self.store.end_run(run_id, KILLED, f"worker gone; trial {trial.number} failed after {MAX_RETRIES} retries")
+            end_run(self.store, run_id, KILLED, f"worker gone; trial {trial.number} failed after {MAX_RETRIES} retries")
 
     def _reap(self, study) -> None:
         """Trials this machine trained in a process that is gone: failed (and retried) now."""

@@ -187,6 +187,15 @@ def _parent_query(iteration: Optional[str] = None, status: Optional[str] = None)
     return query + (f" and attributes.status = '{status}'" if status else "")
 
 
+def _search(store: "Store", experiment: str, query: str, max_results: int = 5000) -> list:
+    """Active runs of an experiment matching `query`, newest first ([] if it does not exist)."""
+    exp_id = store.experiment_id(experiment, create=False)
+    if exp_id is None:
+        return []
+    return store._client.search_runs([exp_id], query, run_view_type=ViewType.ACTIVE_ONLY,
+                                     max_results=max_results, order_by=["attributes.start_time DESC"])
+
+
 class Store:
     """A tracking store: what `harness run` should do with an iteration, the runs it holds (as
     RunRecords), and trackers for new or resumed runs."""
@@ -205,37 +214,14 @@ class Store:
             self._experiments[name] = (found.experiment_id if found is not None
                                        else create_experiment(self._client, self.uri, name))
             if found is not None and TAG_EXPERIMENT_KIND not in found.tags:
-                self.mark_training(found.experiment_id)
+                _mark_training(self._client, found.experiment_id)
         return self._experiments[name]
-
-    def mark_training(self, experiment_id: str) -> None:
-        """Tag an experiment as model training, so MLflow's UI opens it on the runs table rather
-        than on its GenAI overview (an experiment made before the harness tagged its own)."""
-        self._client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
-
-    def mark_harness_experiments(self) -> list[str]:
-        """Tag every experiment holding harness runs that has no experiment kind yet; their names."""
-        marked = []
-        for experiment in self._client.search_experiments():
-            if TAG_EXPERIMENT_KIND in experiment.tags:
-                continue
-            if self._client.search_runs([experiment.experiment_id], f"tags.`{TAG_KIND}` LIKE '%'", max_results=1):
-                self.mark_training(experiment.experiment_id)
-                marked.append(experiment.name)
-        return marked
 
     # ---- reading
 
-    def _search(self, experiment: str, query: str, max_results: int = 5000) -> list:
-        exp_id = self.experiment_id(experiment, create=False)
-        if exp_id is None:
-            return []
-        return self._client.search_runs([exp_id], query, run_view_type=ViewType.ACTIVE_ONLY,
-                                        max_results=max_results, order_by=["attributes.start_time DESC"])
-
     def runs(self, experiment: str, iteration: Optional[str] = None) -> list[RunRecord]:
         """Parent runs of an experiment, newest first, optionally of one iteration."""
-        return [_record(run) for run in self._search(experiment, _parent_query(iteration))]
+        return [_record(run) for run in _search(self, experiment, _parent_query(iteration))]
 
     def run(self, run_id: str) -> RunRecord:
         return _record(self._client.get_run(run_id))
@@ -253,7 +239,7 @@ class Store:
         query = _parent_query(iteration, FINISHED)
         if config_sha:
             query += f" and tags.`{TAG_CONFIG_SHA}` = '{config_sha}'"
-        found = self._search(experiment, query, max_results=1)
+        found = _search(self, experiment, query, max_results=1)
         return _record(found[0]) if found else None
 
     def references(self, experiment: str, split: str) -> dict[str, RunRecord]:
@@ -261,7 +247,7 @@ class Store:
         query = (f"tags.`{TAG_KIND}` = '{KIND_REFERENCE}' and tags.`{TAG_SPLIT}` = '{_quoted(split)}' "
                  f"and attributes.status = '{FINISHED}'")
         found = {}
-        for run in self._search(experiment, query):
+        for run in _search(self, experiment, query):
             found.setdefault(run.data.tags.get(TAG_REFERENCE), _record(run))
         return found
 
@@ -290,7 +276,7 @@ class Store:
             if done is not None:
                 return Decision(SKIP, done, f"{name}: already finished with this config (run {done.run_id[:8]}), skipping")
         taken_over = self.check_leases(experiment, name)
-        previous = None if fresh else self._unfinished(experiment, name, resumable)
+        previous = None if fresh else _newest_unfinished(self.runs(experiment, name), resumable)
         if previous is None:
             return Decision(NEW, None, taken_over)
         if previous.config_sha == sha:
@@ -303,18 +289,8 @@ class Store:
     def check_leases(self, experiment: str, iteration: str) -> Optional[str]:
         """harness.lease.check_running over the iteration's running runs: IterationHeld when one
         holds a live lease of another process, else a line per lease taken over (or None)."""
-        running = self._search(experiment, _parent_query(iteration, RUNNING))
+        running = _search(self, experiment, _parent_query(iteration, RUNNING))
         return check_running(iteration, [_record(run) for run in running])
-
-    def _unfinished(self, experiment: str, iteration: str, resumable: Callable[[str], bool]) -> Optional[RunRecord]:
-        """The newest unfinished parent run with local state, unless a finished one is newer (a
-        killed process leaves its run RUNNING)."""
-        for run in self.runs(experiment, iteration):
-            if run.status in UNFINISHED and resumable(run.run_id):
-                return run
-            if run.status == FINISHED:
-                return None
-        return None
 
     def start(self, decision: Decision, experiment: str, iteration: Iteration, tags: dict,
               run_name: Optional[str] = None, data: Optional[DataLineage] = None,
@@ -332,27 +308,44 @@ class Store:
             tracker.monitor = SystemMetrics(self.uri, tracker.run_id, resumed is not None)
         return tracker
 
-    def end_run(self, run_id: str, status: str, reason: str) -> None:
-        """Close a run some other process left open (a killed sweep worker's trial), with the
-        reason; its pass runs still open end the same way."""
-        self._client.set_tag(run_id, TAG_FAILURE_REASON, reason[:5000])
-        for child in self.children(run_id):
-            if child.status == RUNNING:
-                self._client.set_terminated(child.run_id, status)
-        self._client.set_terminated(run_id, status)
 
-    def open_sweep(self, experiment: str, run_name: str, tags: dict, params: dict, space_yaml: str) -> "SweepRun":
-        """A new sweep parent run: its tags, the space and settings as params, `space.yaml`."""
-        run_id = self._client.create_run(self.experiment_id(experiment), run_name=run_name,
-                                         tags={**git_tags(), **tags}).info.run_id
-        self._client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
-        self._client.log_text(run_id, space_yaml, "space.yaml")
-        return SweepRun(self._client, run_id)
+def _mark_training(client: MlflowClient, experiment_id: str) -> None:
+    """Tag an experiment as model training, so MLflow's UI opens it on the runs table rather
+    than on its GenAI overview (an experiment made before the harness tagged its own)."""
+    client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
 
-    def sweep_run(self, run_id: str) -> "SweepRun":
-        """An existing sweep parent run, RUNNING again (another worker, or a rerun)."""
-        self._client.update_run(run_id, status=RUNNING)
-        return SweepRun(self._client, run_id)
+
+def mark_harness_experiments(store: Store) -> list[str]:
+    """Tag every experiment holding harness runs that has no experiment kind yet; their names."""
+    marked = []
+    for experiment in store._client.search_experiments():
+        if TAG_EXPERIMENT_KIND in experiment.tags:
+            continue
+        if store._client.search_runs([experiment.experiment_id], f"tags.`{TAG_KIND}` LIKE '%'", max_results=1):
+            _mark_training(store._client, experiment.experiment_id)
+            marked.append(experiment.name)
+    return marked
+
+
+def _newest_unfinished(runs: list[RunRecord], resumable: Callable[[str], bool]) -> Optional[RunRecord]:
+    """Of an iteration's parent runs (newest first), the newest unfinished one with local state,
+    unless a finished one is newer (a killed process leaves its run RUNNING)."""
+    for run in runs:
+        if run.status in UNFINISHED and resumable(run.run_id):
+            return run
+        if run.status == FINISHED:
+            return None
+    return None
+
+
+def end_run(store: Store, run_id: str, status: str, reason: str) -> None:
+    """Close a run some other process left open (a killed sweep worker's trial), with the
+    reason; its pass runs still open end the same way."""
+    store._client.set_tag(run_id, TAG_FAILURE_REASON, reason[:5000])
+    for child in store.children(run_id):
+        if child.status == RUNNING:
+            store._client.set_terminated(child.run_id, status)
+    store._client.set_terminated(run_id, status)
 
 
 def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict, curve, figure) -> str:
@@ -432,31 +425,15 @@ class RunTracker:
         self._longest_epoch = 0.0
         if resumed is not None:
             self.run_id = resumed.run_id
-            self._client.update_run(self.run_id, status=RUNNING)
-            self._client.set_tag(self.run_id, TAG_LEASE, Lease.mine().to_tag())
-            for child in self._client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}'"):
-                self._children[int(child.data.tags[TAG_PASS])] = child.info.run_id
-            self._logged_steps = {m.step for m in self._client.get_metric_history(self.run_id, metrics.LOSS)}
-            return
-        synthetic = {TAG_SYNTHETIC: str(data.synthetic).lower()} if data is not None else {}
-        shown = display_name(self.name, data is not None and data.synthetic)
-        self.run_id = self._client.create_run(experiment_id, run_name=shown, tags={
-            **_run_tags(iteration), **git_tags(), **tags, **synthetic, TAG_LEASE: Lease.mine().to_tag()}).info.run_id
-        self._logged_steps: set = set()
-        if data is not None:
-            _log_dataset(self._client, self.run_id, data)
-        params = _params(iteration.training_dict())
-        for start in range(0, len(params), 100):
-            self._client.log_batch(self.run_id, params=params[start:start + 100])
-        self._client.log_text(self.run_id, iteration.to_yaml(), "config.yaml")
-
-    def _log_metrics(self, run_id: str, values: dict, step: int = 0) -> None:
-        now = _now()
-        self._client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+            self._children, self._logged_steps = _reopen_parent(client, experiment_id, self.run_id)
+        else:
+            self.run_id = _open_parent(client, experiment_id, iteration,
+                                       display_name(self.name, data is not None and data.synthetic), tags, data)
+            self._children, self._logged_steps = {}, set()
 
     def model_built(self, total: int, trainable: int, summary_text: str) -> None:
         """The model's parameter counts and summary (a new run, before training)."""
-        self._log_metrics(self.run_id, {metrics.TOTAL_PARAMS: total, metrics.TRAINABLE_PARAMS: trainable})
+        _log_metrics(self._client, self.run_id, {metrics.TOTAL_PARAMS: total, metrics.TRAINABLE_PARAMS: trainable})
         self._client.log_text(self.run_id, summary_text, "model_summary.txt")
 
     def replay(self, history: Iterable[dict]) -> int:
@@ -486,38 +463,22 @@ class RunTracker:
         self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), _now(), step) for k, v in values.items()],
                                tags=[lease])
         if pass_index in self._children:
-            self._log_metrics(self._children[pass_index], values, step)
+            _log_metrics(self._client, self._children[pass_index], values, step)
         self._logged_steps.add(step)
 
     def pass_finished(self, index: int, result) -> None:
         """The pass's eval.json, best checkpoint, confusion matrices and summary; FINISHED."""
-        from harness import plots
-        from harness.data.labels import heads_for
-
         child = self._children[index]
-        self._client.log_dict(child, result.eval, "eval.json")
-        self._client.log_artifact(child, str(result.best_checkpoint), "checkpoint")
-        for head, classes in heads_for(self.iteration.data.name).items():
-            figure = plots.confusion_matrix(result.labels[head], result.predictions[head], classes,
-                                            f"{self.iteration.name} pass {index + 1}: {head}")
-            self._client.log_figure(child, figure, f"plots/confusion_{head}.png")
-            plots.close(figure)
-        summary = metrics.pass_summary(result.best_epoch)
-        if summary:
-            self._log_metrics(child, summary)
+        _log_pass_result(self._client, child, self.iteration, index, result)
         self._client.set_terminated(child, FINISHED)
 
     def finish(self, history: list[dict], results: list, final_checkpoint: Optional[Path],
                selected: Optional[dict] = None) -> dict:
         """Summary metrics (the per-epoch bests, and `selected`: the selected checkpoint's
         scores), curves, the selected checkpoint; status FINISHED. Returns the summary."""
-        from harness import plots
-
         summary = {**metrics.summarize(history, self.iteration.data.name), **(selected or {})}
-        self._log_metrics(self.run_id, summary)
-        figure = plots.training_curves(history, self.iteration.data.name, title=self.iteration.name)
-        self._client.log_figure(self.run_id, figure, "plots/training_curves.png")
-        plots.close(figure)
+        _log_metrics(self._client, self.run_id, summary)
+        _log_curves(self._client, self.run_id, history, self.iteration.data.name, self.iteration.name)
         faults.reach("final-upload")
         if final_checkpoint is not None and Path(final_checkpoint).exists():
             self._client.log_artifact(self.run_id, str(final_checkpoint), "checkpoint")
@@ -537,15 +498,11 @@ class RunTracker:
         the summary and curves are logged so it compares with the others, tag harness.pruned,
         the reason, status KILLED (never FINISHED: nothing that reads finished runs must take
         a half-trained one). Returns the summary."""
-        from harness import plots
-
         summary = metrics.summarize(history, self.iteration.data.name)
         if summary:
-            self._log_metrics(self.run_id, summary)
+            _log_metrics(self._client, self.run_id, summary)
         if history:
-            figure = plots.training_curves(history, self.iteration.data.name, title=self.name)
-            self._client.log_figure(self.run_id, figure, "plots/training_curves.png")
-            plots.close(figure)
+            _log_curves(self._client, self.run_id, history, self.iteration.data.name, self.name)
         self._client.set_tag(self.run_id, TAG_PRUNED, "true")
         self.fail(reason, status=KILLED)
         return summary
@@ -569,6 +526,63 @@ class RunTracker:
         `step` is the selected epoch. Returns the models:/ URI."""
         return log_model(self._client, self._experiment_id, self.run_id, self.iteration.name, checkpoint, card,
                          example, step)
+
+
+def _open_parent(client: MlflowClient, experiment_id: str, iteration: Iteration, name: str, tags: dict,
+                 data: Optional[DataLineage]) -> str:
+    """A new parent run holding this process's lease: its tags, the data as a dataset input,
+    the training settings as params, config.yaml. Returns its id."""
+    synthetic = {TAG_SYNTHETIC: str(data.synthetic).lower()} if data is not None else {}
+    run_id = client.create_run(experiment_id, run_name=name, tags={
+        **_run_tags(iteration), **git_tags(), **tags, **synthetic, TAG_LEASE: Lease.mine().to_tag()}).info.run_id
+    if data is not None:
+        _log_dataset(client, run_id, data)
+    params = _params(iteration.training_dict())
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start:start + 100])
+    client.log_text(run_id, iteration.to_yaml(), "config.yaml")
+    return run_id
+
+
+def _reopen_parent(client: MlflowClient, experiment_id: str, run_id: str) -> tuple[dict[int, str], set]:
+    """A resumed parent run, RUNNING again under this process's lease; its pass runs (pass
+    index -> run id) and the steps it already logged."""
+    client.update_run(run_id, status=RUNNING)
+    client.set_tag(run_id, TAG_LEASE, Lease.mine().to_tag())
+    children = {}
+    for child in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"):
+        children[int(child.data.tags[TAG_PASS])] = child.info.run_id
+    return children, {m.step for m in client.get_metric_history(run_id, metrics.LOSS)}
+
+
+def _log_metrics(client: MlflowClient, run_id: str, values: dict, step: int = 0) -> None:
+    now = _now()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+
+def _log_pass_result(client: MlflowClient, run_id: str, iteration: Iteration, index: int, result) -> None:
+    """A pass run's eval.json, best checkpoint, a confusion matrix per head and its summary."""
+    from harness import plots
+    from harness.data.labels import heads_for
+
+    client.log_dict(run_id, result.eval, "eval.json")
+    client.log_artifact(run_id, str(result.best_checkpoint), "checkpoint")
+    for head, classes in heads_for(iteration.data.name).items():
+        figure = plots.confusion_matrix(result.labels[head], result.predictions[head], classes,
+                                        f"{iteration.name} pass {index + 1}: {head}")
+        client.log_figure(run_id, figure, f"plots/confusion_{head}.png")
+        plots.close(figure)
+    summary = metrics.pass_summary(result.best_epoch)
+    if summary:
+        _log_metrics(client, run_id, summary)
+
+
+def _log_curves(client: MlflowClient, run_id: str, history: list[dict], dataset: str, title: str) -> None:
+    from harness import plots
+
+    figure = plots.training_curves(history, dataset, title=title)
+    client.log_figure(run_id, figure, "plots/training_curves.png")
+    plots.close(figure)
 
 
 class SweepRun:
@@ -605,6 +619,22 @@ class SweepRun:
         self._client.set_terminated(self.run_id, status)
 
 
+def open_sweep(store: Store, experiment: str, run_name: str, tags: dict, params: dict, space_yaml: str) -> SweepRun:
+    """A new sweep parent run: its tags, the space and settings as params, `space.yaml`."""
+    client = store._client
+    run_id = client.create_run(store.experiment_id(experiment), run_name=run_name,
+                               tags={**git_tags(), **tags}).info.run_id
+    client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+    client.log_text(run_id, space_yaml, "space.yaml")
+    return SweepRun(client, run_id)
+
+
+def sweep_run(store: Store, run_id: str) -> SweepRun:
+    """An existing sweep parent run, RUNNING again (another worker, or a rerun)."""
+    store._client.update_run(run_id, status=RUNNING)
+    return SweepRun(store._client, run_id)
+
+
 class RunReader:
     """Read-only look-ups for `harness table`: nothing is created, and a store that does not
     exist yet reads as empty."""
@@ -632,7 +662,7 @@ class RunReader:
         if self._store is None:
             return []
         query = f"tags.`{TAG_KIND}` = '{KIND_REFERENCE}' and attributes.status = '{FINISHED}'"
-        return [_record(run) for run in self._store._search(self.experiment, query)]
+        return [_record(run) for run in _search(self._store, self.experiment, query)]
 
     def known(self, run_ids: Iterable[str]) -> set[str]:
         """The ids among `run_ids` of runs the store holds (deleted ones not)."""

@@ -85,7 +85,7 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
             f"nothing started here)")
         return 0
     from harness.quiet import is_verbose
-    from harness.tracking import Store, artifact_root, resolve_uri, server_command
+    from harness.tracking import Store, artifact_root, mark_harness_experiments, resolve_uri, server_command
 
     if not 0 < port < 65536:
         raise InputError(f"harness ui: --port {port} is not a TCP port")
@@ -99,7 +99,7 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
         raise InputError(f"harness ui: {host}:{port} is already in use; pick another with --port")
     uri = resolve_uri(tracking_uri, create=True)
     store = Store(uri)
-    store.mark_harness_experiments()
+    mark_harness_experiments(store)
     experiment_id = store.experiment_id(experiment, create=False) if experiment else None
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     # Quiet unless -v: the server's start-up notices and access lines go to a log file beside the
