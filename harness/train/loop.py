@@ -225,8 +225,7 @@ class Runner:
                       if self.feature_inputs is not None else None)
 
     def final_checkpoint(self) -> Path:
-        """The selected checkpoint, the model the run hands on: the best of the last pass by
-        its monitor, else where that pass ended."""
+        """The selected checkpoint: the last pass's best by its monitor, else where it ended."""
         return self.folder.checkpoint(len(self.iteration.passes) - 1)
 
     def selected_summary(self, results: list[PassResult]) -> dict:
@@ -238,9 +237,8 @@ class Runner:
         whole model, even when the fit runs on cached features."""
         state = self.state
         step = state.step + 1
-        # A new name per epoch: until the state below names it, a kill leaves the state and
-        # the snapshot it names in step (the previous epoch's), so a resume neither skips nor
-        # repeats an epoch.
+        # A new name per epoch: until the state names it, a kill leaves state and snapshot in
+        # step (the previous epoch's), so a resume neither skips nor repeats an epoch.
         snapshot = self.folder.epoch_snapshot(index, state.epochs_in_pass + 1)
         save_snapshot(self.full_model, snapshot)
         value = values.get(pass_.monitor)
@@ -255,9 +253,8 @@ class Runner:
         self.reporter.epoch_finished(index, step, values)
 
     def restore(self, index: int, model) -> None:
-        """Put into `model` the weights pass `index` starts from, and compile it: fresh, the
-        previous pass's best or final weights, or (resuming mid-pass) the last checkpoint with
-        its optimizer state."""
+        """Compile `model` with the weights pass `index` starts from: fresh, the previous pass's
+        best or final, or (resuming mid-pass) the last checkpoint with its optimizer state."""
         from harness.models import load_model
 
         pass_ = self.iteration.passes[index]
