@@ -8,35 +8,25 @@ located line of bad input (exit 2) while nothing exists yet. No MLflow, no Tenso
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 from harness.errors import InputError
 
-# An unreachable server must fail the command well inside 15 s, not after MLflow's retries.
-CONNECT_SECONDS = 5.0
 SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
 
 
 def check_tracking_uri(uri: str, where: str = "--tracking-uri") -> None:
     """MLflow 3.17's file store is deprecated and raises mid-run: refuse `file:` and bare
-    paths up front; refuse an http(s) server that does not accept a connection."""
+    paths up front."""
     scheme = urlparse(uri).scheme.split("+")[0]
     if scheme == "file" or scheme == "":
         raise InputError(f"{where} {uri}: MLflow's file store is deprecated and fails in MLflow 3.17; "
                          f"use a SQLite file (sqlite:///PATH/mlflow.db) or a server (http://HOST:PORT)")
     if scheme not in SCHEMES:
         raise InputError(f"{where} {uri}: unknown scheme '{scheme}'; use sqlite:///PATH or http://HOST:PORT")
-    if scheme in ("http", "https"):
-        parsed = urlparse(uri)
-        port = parsed.port or (443 if scheme == "https" else 80)
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=CONNECT_SECONDS).close()
-        except OSError as exc:
-            raise InputError(f"{where} {uri}: no tracking server answers at {parsed.hostname}:{port} "
-                             f"({exc.strerror or exc}); start it or pick another URI") from None
+    # http(s): harness.remote probes the server (one line, bounded retries) before any command runs.
 
 
 def check_work_dir(root: Path, where: str = "--work-dir") -> None:

@@ -208,7 +208,7 @@ REJECTED = [
     ("arg-unknown-iteration", unknown_iteration, "onee", "ledger.yaml"),
     ("arg-file-tracking-uri", file_tracking_uri, "file store", "--tracking-uri file://"),
     ("env-plain-path-tracking-uri", plain_path_tracking_env, "file store", "MLFLOW_TRACKING_URI"),
-    ("arg-unreachable-http-tracking-uri", unreachable_http, "no tracking server answers", "--tracking-uri http://"),
+    ("arg-unreachable-http-tracking-uri", unreachable_http, "is unreachable", "http://127.0.0.1:9"),
     ("arg-work-dir-is-a-file", work_dir_is_file, "is a file, not a folder", "--work-dir"),
     ("arg-work-dir-read-only", work_dir_read_only, "not writable", "--work-dir"),
     ("arg-port-out-of-range", port_out_of_range, "not a TCP port", "--port 70000"),
