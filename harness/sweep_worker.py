@@ -1,15 +1,15 @@
 """One `harness sweep` process: a worker of a (possibly shared) Optuna study.
 
-Loop: under the study lock, fail trials whose worker is gone (retrying them), count the study's
-trials and take the next one (a waiting retry first) or stop at the budget; outside the lock,
-train it through `launch.run_iteration` while a heartbeat and a lease say it is alive; tell
-Optuna how it ended; update the sweep's parent run. The last worker out (nothing left running
-or waiting) ends the parent run FINISHED. Why the locks: harness.sweep_storage.
+Loop: take the next trial (harness.sweep_claims: under the study lock, fail trials whose worker
+is gone, retrying them; count the study's trials and take the next one, a waiting retry first,
+or stop at the budget); outside the lock, train it through `launch.run_iteration` while a
+heartbeat and a lease say it is alive; tell Optuna how it ended; update the sweep's parent run.
+The last worker out (nothing left running or waiting) ends the parent run FINISHED. Why the
+locks: harness.sweep_storage.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -19,9 +19,11 @@ import yaml
 
 from harness.errors import InputError
 from harness.ledger import LedgerError
-from harness.records import FINISHED, KILLED, KIND_SWEEP, TAG_ITERATION, TAG_KIND, TAG_STORAGE, TAG_STUDY, TAG_SWEEP
-from harness.sweep_trial import (ATTR_FAILURE, ATTR_METRIC, ATTR_PARENT_RUN, ATTR_RUN, ATTR_SPACE, MAX_RETRIES, Plan,
-                                 Trial, describe_values)
+from harness.records import FINISHED, KIND_SWEEP, TAG_ITERATION, TAG_KIND, TAG_STORAGE, TAG_STUDY, TAG_SWEEP
+from harness.sweep_claims import TrialClaims, TrialRetry
+from harness.sweep_storage import open_storage, redact, sqlite_file
+from harness.sweep_trial import (ATTR_FAILURE, ATTR_METRIC, ATTR_PARENT_RUN, ATTR_RUN, ATTR_SPACE, Plan, Trial,
+                                 describe_values)
 
 
 def _canonical(value) -> str:
@@ -29,41 +31,23 @@ def _canonical(value) -> str:
 
 
 class Worker:
-    """Takes the study's trials one at a time until it has `plan.trials` (see the module doc)."""
+    """Takes the study's trials one at a time until it has `plan.trials` (see the module doc):
+    the study and its parent run, the loop, and the closing lines. Which trial comes next is
+    TrialClaims' job; training one is TrialRunner's."""
 
     def __init__(self, plan: Plan, log=print):
         import optuna
 
-        from harness.settings import work_dir
-        from harness.sweep_storage import TrialLease, open_storage
         from harness.tracking import Store
 
         self.plan, self.log, self.optuna = plan, log, optuna
         with _setup_lock(plan):
             self.store = Store(plan.tracking_uri)
-            self.storage = open_storage(plan.storage_url, on_stale=self._gone)
-        key = hashlib.sha256(f"{plan.storage_url} {plan.study_name}".encode()).hexdigest()[:12]
-        self.lease = TrialLease(work_dir(plan.work_dir).root / "sweeps" / key)
-        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+            self.retry = TrialRetry(self.store, log)
+            self.storage = open_storage(plan.storage_url, on_stale=self.retry.worker_gone)
+        self.claims = TrialClaims(plan, self.storage, self.retry)
         self.parent = None
         self.ran: list[int] = []
-
-    # ---- the study
-
-    def _study(self, seed_offset: int = 0):
-        """The study with a sampler seeded for the next trial: one worker draws the same trials
-        every time; two workers never draw the same random start."""
-        optuna = self.optuna
-        plan = self.plan
-        return optuna.load_study(
-            study_name=plan.study_name, storage=self.storage,
-            sampler=optuna.samplers.TPESampler(seed=plan.seed + seed_offset, n_startup_trials=plan.startup_trials),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=plan.startup_trials, n_warmup_steps=plan.warmup_epochs))
-
-    def _lock(self):
-        from harness.sweep_storage import study_lock
-
-        return study_lock(self.storage, self.plan.storage_url, self.plan.study_name)
 
     def open(self) -> None:
         """Create or join the study and its parent run; a study of another space or metric is
@@ -71,7 +55,7 @@ class Worker:
         from harness.tracking import open_sweep, sweep_run
 
         plan = self.plan
-        with self._lock():
+        with self.claims.lock():
             study = self.optuna.create_study(study_name=plan.study_name, storage=self.storage,
                                              direction=plan.direction, load_if_exists=True)
             attrs = study.user_attrs
@@ -90,130 +74,8 @@ class Worker:
             study.set_user_attr(ATTR_METRIC, plan.metric)
             study.set_user_attr(ATTR_PARENT_RUN, self.parent.run_id)
 
-    def _gone(self, study, trial) -> None:
-        """A trial whose worker is gone was just failed: retry it (its run resumes), or close its
-        run when it was retried too often. Said, never silent."""
-        from harness.tracking import end_run
-
-        retry_cb = self.optuna.storages.RetryHeartbeatStaleTrialCallback
-        self.retry(study, trial)
-        retries = [t.number for t in study.get_trials(deepcopy=False) if trial.number in retry_cb.retry_history(t)]
-        run_id = trial.user_attrs.get(ATTR_RUN)
-        if retries:
-            resumes = f"; it resumes run {run_id[:8]} from its last finished epoch" if run_id else ""
-            self.log(f"trial {trial.number} was left RUNNING by a worker that is gone: marked FAIL, "
-                     f"retried as trial {max(retries)}{resumes}")
-            return
-        self.log(f"trial {trial.number} was left RUNNING by a worker that is gone: marked FAIL, not retried "
-                 f"(retried {MAX_RETRIES} times already)")
-        if run_id:
-            end_run(self.store, run_id, KILLED, f"worker gone; trial {trial.number} failed after {MAX_RETRIES} retries")
-
-    def _reap(self, study) -> None:
-        """Trials this machine trained in a process that is gone: failed (and retried) now."""
-        state = self.optuna.trial.TrialState
-        for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
-            if self.lease.abandoned(trial.number):
-                study.tell(trial.number, state=state.FAIL)
-                self.lease.forget(trial.number)
-                self._gone(study, study.get_trials(deepcopy=False)[trial.number])
-
-    def claim(self):
-        """(trial, heartbeat, slot) of the next trial, or None when the study has its trials."""
-        from harness.sweep_storage import Heartbeat
-
-        state = self.optuna.trial.TrialState
-        retry_cb = self.optuna.storages.RetryHeartbeatStaleTrialCallback
-        with self._lock():
-            study = self._study()
-            self.optuna.storages.fail_stale_trials(study)  # silent workers on any machine
-            self._reap(study)
-            trials = study.get_trials(deepcopy=False)
-            retried = {number for t in trials for number in retry_cb.retry_history(t)}
-            taken = len(trials) - len(retried)
-            waiting = any(t.state == state.WAITING for t in trials)
-            if not waiting and taken >= self.plan.trials:
-                return None
-            trial = self._study(seed_offset=len(trials)).ask()
-            heartbeat = Heartbeat(self.storage, self.plan.study_name, trial.number)
-            self.lease.take(trial.number)
-        return trial, heartbeat, taken if waiting else taken + 1
-
-    # ---- one trial
-
-    def train(self, trial, heartbeat, slot: int) -> None:
-        plan = self.plan
-        values = plan.space.suggest(trial)
-        frozen = self._study().get_trials(deepcopy=False)[trial.number]
-        retry_of = self.optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        running = Trial(plan, trial, values, self.parent.run_id, retry_of, self.log)
-        again = f" (retry of trial {running.retry_of})" if running.retry_of is not None else ""
-        self.log(f"-- trial {trial.number} ({slot}/{plan.trials}){again}: {describe_values(values)}")
-        started = time.time()
-        try:
-            state, value, note = self._outcome(running)
-        finally:
-            heartbeat.stop()
-            self.lease.drop()
-            import keras
-
-            keras.backend.clear_session()  # each trial builds new models; free the last one's
-        self.ran.append(trial.number)
-        self._record(trial.number, state, value, note, time.time() - started)
-
-    def _outcome(self, running: Trial) -> tuple[str, Optional[float], str]:
-        """Train the trial and tell Optuna how it ended: (state, value, note)."""
-        from harness.launch import run_iteration
-
-        optuna, plan, number = self.optuna, self.plan, running.trial.number
-        state = optuna.trial.TrialState
-        study = self._study()
-        try:
-            code = run_iteration(plan.book, plan.name, profile=plan.profile, data_dir=plan.data_dir,
-                                 tracking_uri=plan.tracking_uri, work_dir=plan.work_dir, variant=running, log=self.log)
-        except optuna.TrialPruned as exc:
-            study.tell(number, state=state.PRUNED)
-            return "PRUNED", None, str(exc)
-        except LedgerError as exc:  # values that each fit but not together
-            return self._failed(study, running, exc.lines[0])
-        except KeyboardInterrupt:
-            study.tell(number, state=state.FAIL)
-            self.retry(study, study.get_trials(deepcopy=False)[number])
-            self.log(f"trial {number} interrupted: marked FAIL and queued again; the same command resumes it")
-            raise
-        except BaseException as exc:
-            self._failed(study, running, f"{type(exc).__name__}: {exc}")
-            raise
-        value = running.value()
-        if code != 0 or value is None or not math.isfinite(value):
-            return self._failed(study, running, "training diverged" if code else f"no {plan.metric} logged")
-        study.tell(number, value)
-        return "COMPLETE", value, ""
-
-    def _failed(self, study, running: Trial, reason: str) -> tuple[str, None, str]:
-        running.trial.set_user_attr(ATTR_FAILURE, reason[:1000])
-        study.tell(running.trial.number, state=self.optuna.trial.TrialState.FAIL)
-        return "FAIL", None, reason
-
-    def _record(self, number: int, state: str, value: Optional[float], note: str, seconds: float) -> None:
-        """The trial on the parent run (value, best, counts, plots) and one line of output."""
-        study = self._study()
-        trials = study.get_trials(deepcopy=False)
-        counts = _counts(trials, self.optuna.trial.TrialState)
-        complete = [t for t in trials if t.state == self.optuna.trial.TrialState.COMPLETE]
-        best = study.best_trial if complete else None
-        self.parent.trial_ended(number, value, best.value if best else None, counts["complete"] + counts["pruned"])
-        self.parent.counts(counts)
-        _plots(self.parent, study, complete)
-        result = f"{self.plan.metric} {value:.4f}" if value is not None else note
-        leader = f"; best so far: trial {best.number}, {self.plan.metric} {best.value:.4f}" if best else ""
-        self.log(f"-- trial {number}: {state}, {result} ({seconds:.0f} s){leader}")
-
-    # ---- the loop
-
     def run(self) -> int:
-        from harness.sweep_storage import redact
-
+        """Claim and train until the study has its trials or --timeout passes; the exit code."""
         plan = self.plan
         self.open()
         self.log(f"sweep {plan.run_name}: study {plan.study_name} in {redact(plan.storage_url)}, "
@@ -222,12 +84,15 @@ class Worker:
         self.log(f"  objective: {plan.metric} ({plan.direction}), best over the last pass; TPE seed {plan.seed}; "
                  f"median pruning after {plan.startup_trials} trials and {plan.warmup_epochs} epochs; "
                  f"{plan.trials} trials in the study")
+        runner = TrialRunner(plan, self.claims, self.parent, self.log)
         started = time.time()
         while plan.timeout is None or time.time() - started < plan.timeout:
-            claimed = self.claim()
+            claimed = self.claims.claim()
             if claimed is None:
                 break
-            self.train(*claimed)
+            trial, heartbeat, slot = claimed
+            runner.train(trial, heartbeat, slot)
+            self.ran.append(trial.number)
         else:
             self.log(f"--timeout {plan.timeout:g} s reached: no new trial started")
         return self.close(time.time() - started)
@@ -235,7 +100,7 @@ class Worker:
     def close(self, seconds: float) -> int:
         """The closing lines; the parent run ends when no trial is left running or waiting."""
         state = self.optuna.trial.TrialState
-        study = self._study()
+        study = self.claims.study()
         trials = study.get_trials(deepcopy=False)
         counts = _counts(trials, state)
         left = [t.number for t in trials if t.state in (state.RUNNING, state.WAITING)]
@@ -260,6 +125,81 @@ class Worker:
         return 0
 
 
+class TrialRunner:
+    """Trains one claimed trial and tells Optuna and the sweep's parent run how it ended. Apart
+    from Worker so that the loop reads as claim, train, close, and each stays short."""
+
+    def __init__(self, plan: Plan, claims: TrialClaims, parent, log):
+        import optuna
+
+        self.plan, self.claims, self.parent, self.log, self.optuna = plan, claims, parent, log, optuna
+
+    def train(self, trial, heartbeat, slot: int) -> None:
+        """However the trial ends, its claim is released and Keras' models freed before the next."""
+        plan = self.plan
+        values = plan.space.suggest(trial)
+        frozen = self.claims.study().get_trials(deepcopy=False)[trial.number]
+        retry_of = self.optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        running = Trial(plan, trial, values, self.parent.run_id, retry_of, self.log)
+        again = f" (retry of trial {running.retry_of})" if running.retry_of is not None else ""
+        self.log(f"-- trial {trial.number} ({slot}/{plan.trials}){again}: {describe_values(values)}")
+        started = time.time()
+        try:
+            state, value, note = self._outcome(running)
+        finally:
+            self.claims.release(heartbeat)
+            import keras
+
+            keras.backend.clear_session()  # each trial builds new models; free the last one's
+        self._record(trial.number, state, value, note, time.time() - started)
+
+    def _outcome(self, running: Trial) -> tuple[str, Optional[float], str]:
+        """Train the trial and tell Optuna how it ended: (state, value, note)."""
+        from harness.launch import run_iteration
+
+        optuna, plan, number = self.optuna, self.plan, running.trial.number
+        state = optuna.trial.TrialState
+        study = self.claims.study()
+        try:
+            code = run_iteration(plan.book, plan.name, profile=plan.profile, data_dir=plan.data_dir,
+                                 tracking_uri=plan.tracking_uri, work_dir=plan.work_dir, variant=running, log=self.log)
+        except optuna.TrialPruned as exc:
+            study.tell(number, state=state.PRUNED)
+            return "PRUNED", None, str(exc)
+        except LedgerError as exc:  # values that each fit but not together
+            return self._failed(study, running, exc.lines[0])
+        except KeyboardInterrupt:
+            self.claims.retry.interrupted(study, number)
+            raise
+        except BaseException as exc:
+            self._failed(study, running, f"{type(exc).__name__}: {exc}")
+            raise
+        value = running.value()
+        if code != 0 or value is None or not math.isfinite(value):
+            return self._failed(study, running, "training diverged" if code else f"no {plan.metric} logged")
+        study.tell(number, value)
+        return "COMPLETE", value, ""
+
+    def _failed(self, study, running: Trial, reason: str) -> tuple[str, None, str]:
+        running.trial.set_user_attr(ATTR_FAILURE, reason[:1000])
+        study.tell(running.trial.number, state=self.optuna.trial.TrialState.FAIL)
+        return "FAIL", None, reason
+
+    def _record(self, number: int, state: str, value: Optional[float], note: str, seconds: float) -> None:
+        """The trial on the parent run (value, best, counts, plots) and one line of output."""
+        study = self.claims.study()
+        trials = study.get_trials(deepcopy=False)
+        counts = _counts(trials, self.optuna.trial.TrialState)
+        complete = [t for t in trials if t.state == self.optuna.trial.TrialState.COMPLETE]
+        best = study.best_trial if complete else None
+        self.parent.trial_ended(number, value, best.value if best else None, counts["complete"] + counts["pruned"])
+        self.parent.counts(counts)
+        _plots(self.parent, study, complete)
+        result = f"{self.plan.metric} {value:.4f}" if value is not None else note
+        leader = f"; best so far: trial {best.number}, {self.plan.metric} {best.value:.4f}" if best else ""
+        self.log(f"-- trial {number}: {state}, {result} ({seconds:.0f} s){leader}")
+
+
 def _setup_lock(plan: Plan):
     """Workers started together on fresh SQLite files would both create the MLflow and Optuna
     tables ("table ... already exists"): one at a time, by a file lock beside the files."""
@@ -267,7 +207,6 @@ def _setup_lock(plan: Plan):
 
     from filelock import FileLock
 
-    from harness.sweep_storage import sqlite_file
     from harness.tracking import artifact_root, resolve_uri
 
     mlflow_root = artifact_root(resolve_uri(plan.tracking_uri))
@@ -314,8 +253,6 @@ def _space_yaml(plan: Plan) -> str:
 
 
 def _parent_tags(plan: Plan) -> dict:
-    from harness.sweep_storage import redact
-
     return {TAG_KIND: KIND_SWEEP, TAG_ITERATION: plan.name, TAG_SWEEP: plan.sweep, TAG_STUDY: plan.study_name,
             TAG_STORAGE: redact(plan.storage_url), "mlflow.source.name": "harness sweep", **plan.tags}
 
