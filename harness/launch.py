@@ -192,7 +192,8 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
 
     work = resolve_work_dir(work_dir)
     check_places(tracking_uri, work.root)
-    with IterationLock(work.root, book.experiment, name) as lock:
+    # A sweep's workers train trials of one iteration at once: each trial is its own lock.
+    with IterationLock(work.root, book.experiment, variant.run_name if variant else name) as lock:
         return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log, variant, system_metrics)
 
 
