@@ -427,8 +427,8 @@ class RunTracker:
             self.run_id = resumed.run_id
             self._children, self._logged_steps = _reopen_parent(client, experiment_id, self.run_id)
         else:
-            self.run_id = _open_parent(client, experiment_id, iteration,
-                                       display_name(self.name, data is not None and data.synthetic), tags, data)
+            shown = run_name or display_name(self.name, data is not None and data.synthetic)  # a trial keeps its name
+            self.run_id = _open_parent(client, experiment_id, iteration, shown, tags, data)
             self._children, self._logged_steps = {}, set()
 
     def model_built(self, total: int, trainable: int, summary_text: str) -> None:
