@@ -110,7 +110,7 @@ def test_every_command_works_against_the_server(team_server, synth, tmp_path, mo
     assert killed.status == "KILLED"
     lines = []
     assert run_iteration(book, "one", profile="full", data_dir=str(synth), work_dir=str(work), log=lines.append) == 0
-    assert f"one: resuming unfinished run {killed.run_id[:8]} (use --fresh to start over)" in lines
+    assert f"one: resuming unfinished run {killed.run_id[:8]} (use --fresh to start over)" in lines, "\n".join(lines[:6])
     [run] = store.runs("http-commands", "one")
     assert run.run_id == killed.run_id and run.status == "FINISHED"
     for key in ("loss", "val_gender_acc", "lr"):
@@ -142,7 +142,10 @@ def test_every_command_works_against_the_server(team_server, synth, tmp_path, mo
 
     results = tmp_path / "RESULTS.md"
     assert cli.main(["table", "--ledger", str(path), "--out", str(results), "--no-readme"]) == 0
-    rows = {line.split("|")[2].strip(): line for line in results.read_text().splitlines() if line.startswith("|  ")}
+    rows = {}  # the first table (iterations, with their runs); the per-head tables follow
+    for line in results.read_text().splitlines():
+        if line.startswith("|  "):
+            rows.setdefault(line.split("|")[2].strip(), line)
     assert run.run_id[:8] in rows["one"] and "0." in rows["one"]
     capsys.readouterr()
     assert cli.main(["ui"]) == 0
