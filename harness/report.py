@@ -398,8 +398,8 @@ def reference_split_text(split: str) -> str:
     (several splits, say seed 1 and seed 42, each get their reference rows)."""
     seed = re.search(r"seed (\d+)", split)
     if "own split" in split:
-        return "reference run, the dataset's split"
-    return f"reference run, split seed {seed.group(1)}" if seed else "reference run"
+        return "reference, dataset's split"
+    return f"reference, split seed {seed.group(1)}" if seed else "reference run"
 
 
 def reference_cells(record: RunRecord, layout: Layout) -> tuple[dict, dict, dict]:
