@@ -40,7 +40,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from harness import ledger, metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = os.environ.get("HARNESS_HVC_REAL", str(ROOT / ".." / "shared" / "data" / "hvc"))
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_training import DEFAULT_DATA, missing_real_data  # noqa: E402
+
 CPU_RUN_EPOCHS = 24  # the cpu profile's eleventh: 2 passes of at most 12 epochs
 
 
@@ -172,8 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     folder = Path(args.data)
-    if not (folder / "hvc_annotations.csv").is_file():
-        print(f"{folder}: no hvc_annotations.csv; set HARNESS_HVC_REAL or pass --data DIR", file=sys.stderr)
+    if missing_real_data(folder):
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         tmp = Path(tmp)

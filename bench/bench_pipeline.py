@@ -31,6 +31,9 @@ from harness.data.labels import HVC_CSV_COLUMNS
 from harness.ledger import Iteration, validate_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_training import DEFAULT_DATA, missing_real_data  # noqa: E402
 
 
 class PersonDataGenerator:
@@ -151,15 +154,14 @@ def markdown(rows: list[dict], n: int, size: int, batch: int) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("HARNESS_HVC_REAL", str(ROOT / ".." / "shared" / "data" / "hvc")))
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=1500)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON (for bench/run_all.py)")
     args = parser.parse_args(argv)
     folder = Path(args.data)
-    if not (folder / "hvc_annotations.csv").is_file():
-        print(f"{folder}: no hvc_annotations.csv; set HARNESS_HVC_REAL or pass --data DIR", file=sys.stderr)
+    if missing_real_data(folder):
         return 2
     rows = measure(folder, args.n, args.size, args.batch)
     print(json.dumps(rows) if args.json else markdown(rows, args.n, args.size, args.batch))

@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_training import DEFAULT_DATA, measure_overhead  # noqa: E402
+from bench.bench_training import DEFAULT_DATA, measure_overhead, missing_real_data  # noqa: E402
 from harness import metrics, server  # noqa: E402
 
 TABLE_RUNS = 500
@@ -134,8 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1500, help="images for the overhead runs (default 1500)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if not (Path(args.data) / "hvc_annotations.csv").is_file():
-        print(f"{args.data}: no hvc_annotations.csv; set HARNESS_HVC_REAL or pass --data DIR", file=sys.stderr)
+    if missing_real_data(args.data):
         return 2
     if server.postgres_bin() is None:
         print(f"no PostgreSQL under {server.PG_BIN_GLOB}: apt-get install postgresql", file=sys.stderr)

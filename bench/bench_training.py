@@ -38,6 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = os.environ.get("HARNESS_HVC_REAL", str(ROOT / ".." / "shared" / "data" / "hvc"))
 
 
+def missing_real_data(folder) -> bool:
+    """True, after saying so on stderr, when `folder` is not an hvc folder: every benchmark
+    measures the real subset, never a stand-in."""
+    if (Path(folder) / "hvc_annotations.csv").is_file():
+        return False
+    print(f"{folder}: no hvc_annotations.csv; set HARNESS_HVC_REAL or pass --data DIR", file=sys.stderr)
+    return True
+
+
 def _iteration(base: str, **changes):
     """An iteration of runs.yaml with a few fields changed (validated like any other)."""
     return ledger.with_changes(ledger.load(ROOT / "runs.yaml").resolve(base), changes)
@@ -165,8 +174,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     folder = Path(args.data)
-    if not (folder / "hvc_annotations.csv").is_file():
-        print(f"{folder}: no hvc_annotations.csv; set HARNESS_HVC_REAL or pass --data DIR", file=sys.stderr)
+    if missing_real_data(folder):
         return 2
     if args.which == "cache":
         result = measure_cache(folder, args.n or 1200, 96)
