@@ -11,7 +11,6 @@ derived from the tracking URI.
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 from pathlib import Path
@@ -170,10 +169,10 @@ class Variant(Protocol):
 def check_places(tracking_uri: Optional[str], work_root: Path) -> None:
     """Where the run will write must work before anything is written (harness.guards)."""
     from harness.guards import check_tracking_uri, check_work_dir
-    from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+    from harness.remote import chosen_uri
+    from harness.settings import TRACKING_URI_ENV
 
-    check_tracking_uri(tracking_uri or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI,
-                       "--tracking-uri" if tracking_uri else TRACKING_URI_ENV)
+    check_tracking_uri(chosen_uri(tracking_uri), "--tracking-uri" if tracking_uri else TRACKING_URI_ENV)
     check_work_dir(work_root)
 
 

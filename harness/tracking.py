@@ -53,14 +53,14 @@ from harness.records import (
     TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, TAG_PROFILE, TAG_PRUNED, TAG_REFERENCE, TAG_SPLIT,
     SYNTHETIC_MARK, TAG_SYNTHETIC, UNFINISHED, DataLineage, Decision, MetricPoint, ModelVersionRecord, RunRecord, display_name,
 )
-from harness.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+from harness.settings import TRACKING_URI_ENV
 
 
 def resolve_uri(explicit: Optional[str] = None, create: bool = False) -> str:
     """The tracking URI: --tracking-uri, else $MLFLOW_TRACKING_URI, else the project's SQLite
     store. A relative SQLite path is made absolute (a server started elsewhere, or a later
     chdir, finds the same file); with `create`, the SQLite file's folder is made."""
-    uri = explicit or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
+    uri = remote.chosen_uri(explicit)
     db = _sqlite_path(uri)
     if db is None:
         return uri
