@@ -183,14 +183,13 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
     """Train one iteration (or a `variant` of it); returns an exit code (0 done or skipped, 1 diverged).
     Another process training it already (this work dir's lock, or a live lease on the store):
     refused with IterationHeld before anything is written (harness.lease)."""
-    prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log, limit=limit,
-                       changes=variant.changes if variant else None)
-
     from harness.lease import IterationLock
     from harness.settings import work_dir as resolve_work_dir
 
     work = resolve_work_dir(work_dir)
-    check_places(tracking_uri, work.root)
+    check_places(tracking_uri, work.root)  # before prepare, which may generate the synthetic set
+    prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log, limit=limit,
+                       changes=variant.changes if variant else None)
     # A sweep's workers train trials of one iteration at once: each trial is its own lock.
     with IterationLock(work.root, book.experiment, variant.run_name if variant else name) as lock:
         return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log, variant, system_metrics)
