@@ -48,3 +48,25 @@ def _can_create_in(folder: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def check_artifact_path(path: str, run_id: str) -> None:
+    """An artifact path names something inside the run's artifacts: relative, no `..`. The
+    harness only asks for its own names, but a path that came from elsewhere (a store shared by
+    a colleague, a command line) must not read or write beside them."""
+    parts = Path(path).parts
+    if not path or Path(path).is_absolute() or ".." in parts or "\\" in path:
+        raise InputError(f"run {run_id}: artifact path '{path}' leads outside the run's artifacts; "
+                         f"artifact paths are relative, without '..'")
+
+
+def check_inside(root: Path, folder: Path, what: str) -> None:
+    """Every file under `root` (or `root` itself) lies inside `folder`, no link leading out: what
+    a download or a local artifact store holds can then be read without leaving it."""
+    folder = Path(folder).resolve()
+    entries = [Path(root)] + (sorted(Path(root).rglob("*")) if Path(root).is_dir() else [])
+    for entry in entries:
+        resolved = entry.resolve()
+        if resolved != folder and folder not in resolved.parents:
+            raise InputError(f"{what}: {entry} leads outside {folder} (a link to {resolved}); "
+                             f"refused, nothing was read from it")

@@ -352,6 +352,8 @@ def _overlap_warning(store, run: RunRecord, table, rows) -> Optional[str]:
     with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
         try:
             record = json.loads(store.download(run.run_id, TRAINING_IMAGES, Path(tmp)).read_text())
+        except InputError:
+            raise
         except Exception:  # a run from before training rows were recorded
             return (f"WARNING: run {run.run_id[:8]} has no record of its training images ({TRAINING_IMAGES}), "
                     f"so overlap with them was not checked")

@@ -34,6 +34,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Optional
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from filelock import FileLock
 import mlflow
@@ -43,7 +45,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
-from harness import faults, metrics, remote
+from harness import faults, guards, metrics, remote
 from harness.errors import InputError
 from harness.lease import Lease, check_running, lines
 from harness.ledger import Iteration, flatten
@@ -145,6 +147,15 @@ def git_tags(cwd: Optional[Path] = None) -> dict:
         return {}
     dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
     return {"mlflow.source.git.commit": head.stdout.strip(), TAG_GIT_DIRTY: str(dirty).lower()}
+
+
+def _local_artifact_root(artifact_uri: str) -> Optional[Path]:
+    """The folder of a run's artifacts when the store keeps them on this machine (file: or a
+    bare path), else None (a server serves them, and the copy is checked after download)."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(url2pathname(parsed.path)).resolve()
 
 
 def _record(run) -> RunRecord:
@@ -257,7 +268,17 @@ class Store:
         return sorted((MetricPoint(m.step, m.value, m.timestamp) for m in history), key=lambda p: p.step)
 
     def download(self, run_id: str, path: str, dest: Path) -> Path:
-        return Path(self._client.download_artifacts(run_id, path, str(dest)))
+        """One artifact (file or folder) of a run, copied under `dest`. Nothing outside the run's
+        artifacts is read and nothing outside `dest` written: the path is checked first, a local
+        artifact store's files are checked for links leading out before they are copied (a copy
+        follows links), and the copy is checked after."""
+        guards.check_artifact_path(path, run_id)
+        root = _local_artifact_root(self._client.get_run(run_id).info.artifact_uri)
+        if root is not None and (root / path).exists():
+            guards.check_inside(root / path, root, f"run {run_id} artifact '{path}'")
+        local = Path(self._client.download_artifacts(run_id, path, str(dest)))
+        guards.check_inside(local, Path(dest), f"run {run_id} artifact '{path}'")
+        return local
 
     def attach(self, run_id: str, data: dict, artifact_file: str) -> None:
         """A JSON artifact added to a run (an evaluation on another folder, say)."""
