@@ -186,32 +186,55 @@ def test_promote_appends_a_valid_iteration_and_keeps_every_other_byte(folder, sw
     assert path.read_text() == new
 
 
-def worker(folder, name, trials, *extra):
+def worker(folder, name, trials, *extra, tracking_uri=None):
     command = [sys.executable, "-m", "harness.cli", "sweep", name, "--trials", str(trials),
                "--ledger", str(folder / "sweep.yaml"), "--profile", "smoke", "--data", str(folder / "data"),
-               "--tracking-uri", uri(folder), *extra]
+               "--tracking-uri", tracking_uri or uri(folder), *extra]
     return subprocess.Popen(command, cwd=folder, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_concurrent_workers_share_one_study_exactly(folder, capsys):
-    """One worker in a subprocess, one in this process, at the same time, on one SQLite study."""
-    other = worker(folder, "duo", 2)
-    code = cli.main(["sweep", "duo", "--trials", "2", "--ledger", str(folder / "sweep.yaml"), "--profile", "smoke",
-                     "--data", str(folder / "data"), "--tracking-uri", uri(folder)])
+def two_workers(folder, capsys, name: str, tracking_uri: str, storage: list[str]):
+    """One worker in a subprocess, one in this process, at the same time, on one study of 2
+    trials; checks each trial trained once, by one worker, with its MLflow run, under one parent."""
+    from mlflow.tracking import MlflowClient
+
+    other = worker(folder, name, 2, *storage, tracking_uri=tracking_uri)
+    code = cli.main(["sweep", name, "--trials", "2", "--ledger", str(folder / "sweep.yaml"), "--profile", "smoke",
+                     "--data", str(folder / "data"), "--tracking-uri", tracking_uri, *storage])
     outputs = [other.communicate(timeout=600)[0], capsys.readouterr().out]
     assert [other.returncode, code] == [0, 0], "\n".join(o[-3000:] for o in outputs)
-    study = study_of(folder, "duo")
+    optuna_db = storage[1] if storage else f"sqlite:///{folder}/store/optuna.db"
+    [study_name] = [s for s in optuna.get_all_study_names(optuna_db) if s.startswith(f"sweepy/{name}/")]
+    study = optuna.load_study(study_name=study_name, storage=optuna_db)
     assert len(study.trials) == 2
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
     ran = [sorted(int(line.split()[2]) for line in out.splitlines() if line.startswith("-- trial") and "/2)" in line)
            for out in outputs]
     assert sorted(ran[0] + ran[1]) == [0, 1]  # each trial trained once, by one worker
-    runs = [r for r in mlflow_runs(folder, "trial") if r.data.tags["harness.study"] == study.study_name]
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("sweepy").experiment_id
+
+    def tagged(kind):
+        return [r for r in client.search_runs([experiment], f"tags.`harness.kind` = '{kind}'")
+                if r.data.tags["harness.study"] == study.study_name]
+
+    runs = tagged("trial")
     assert sorted(int(r.data.tags["harness.trial"]) for r in runs) == [0, 1]
     assert {t.user_attrs["harness.run"] for t in study.trials} == {r.info.run_id for r in runs}
-    parents = [p for p in mlflow_runs(folder, "sweep") if p.data.tags["harness.study"] == study.study_name]
+    parents = tagged("sweep")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def test_two_concurrent_workers_share_one_study_exactly(folder, capsys):
+    """Two workers on one SQLite study (the default storage, optuna.db beside mlflow.db)."""
+    two_workers(folder, capsys, "duo", uri(folder), [])
+
+
+def test_two_workers_share_one_study_on_the_team_server(folder, capsys, team_server, team_database):
+    """Two workers on one study in the team server's PostgreSQL (--storage), logging to its
+    MLflow server: what two machines pointed at one server do."""
+    two_workers(folder, capsys, "duo", team_server.url, ["--storage", team_database("optuna_sweep")])
 
 
 def test_sigkilled_sweep_resumes_its_trial_when_rerun(folder, capsys):
