@@ -1,7 +1,8 @@
 """Quiet by default: a harness command prints what the harness says, not its libraries' chatter.
 
 Silenced unless `-v` is given: MLflow's INFO lines ("Creating initial MLflow database tables",
-alembic's migration lines), TensorFlow's C++ INFO/WARNING lines, and deprecation warnings
+alembic's migration lines, its artifact-download progress bars), TensorFlow's C++ INFO/WARNING
+lines, and deprecation warnings
 raised inside third-party packages (the Starlette one `harness ui`'s server printed). The
 settings go through the environment too, so the processes a command starts (the MLflow
 server of `harness ui`) are quiet alike. Warnings and errors still show; `-v` shows everything.
@@ -37,6 +38,7 @@ def configure(verbose: bool = False) -> None:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per checkpoint download
     if not os.environ.get("PYTHONWARNINGS"):
         os.environ["PYTHONWARNINGS"] = QUIET_WARNINGS
     for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
