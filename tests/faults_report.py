@@ -62,7 +62,7 @@ def markdown(rows: list[dict], code: int, seconds: float) -> str:
         lines += ["", NOTES.read_text().strip()]
     lines += ["", "## pip-audit (`make audit`)", ""]
     lines += [AUDIT.read_text().strip() if AUDIT.exists() else
-              "Not run on this machine (no network to PyPI/OSV); CI runs `make audit` after `make test`."]
+              "`make audit` has not run in this checkout (it writes mlruns/audit.md); CI runs it after `make test`."]
     return "\n".join(lines) + "\n"
 
 
