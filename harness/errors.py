@@ -24,3 +24,9 @@ class TrackingUnreachable(InputError):
 class IterationHeld(InputError):
     """Another process is training this iteration against the same store (harness.lease): the
     line names it (host, pid, run id). Refused before anything is written, so exit 2."""
+
+
+class StoreUnusable(InputError):
+    """The SQLite file of the MLflow store cannot be used: damaged (not a database) or locked by
+    another process for longer than MLflow's own wait. Refused before anything is written; the
+    line names the file and what to do (restore or move it aside; wait for the holder)."""
