@@ -26,6 +26,13 @@ class IterationHeld(InputError):
     line names it (host, pid, run id). Refused before anything is written, so exit 2."""
 
 
+class CorruptState(InputError):
+    """A run's saved state in its work folder (state.json, or the epoch snapshot it names)
+    cannot be read, so the run cannot resume from it. Found before anything is written; the line
+    names the file and the ways out (--fresh, or moving the folder away). Nothing is removed:
+    the files may be all that is left of days of training, and the user decides."""
+
+
 class StoreUnusable(InputError):
     """The SQLite file of the MLflow store cannot be used: damaged (not a database) or locked by
     another process for longer than MLflow's own wait. Refused before anything is written; the

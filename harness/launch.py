@@ -198,10 +198,11 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
 def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool, skip_finished: bool, log,
                 variant: Optional[Variant], system_metrics: bool) -> int:
     from harness.tracking import Store
-    from harness.train import RunState
+    from harness.train.checkpoints import check_resumable
 
-    store = Store(tracking_uri)
-    resumable = lambda run_id: RunState.exists(work.run(run_id))  # noqa: E731
+    store = Store(tracking_uri)  # a damaged or locked store refuses here (StoreUnusable, harness.store_check)
+    # So does a damaged run state (CorruptState), before a run is opened or a file written.
+    resumable = lambda run_id: check_resumable(work.run(run_id))  # noqa: E731
     decision = (variant.decide(store, prepared.iteration, resumable) if variant else
                 store.begin(book.experiment, prepared.iteration, fresh=fresh, skip_finished=skip_finished,
                             resumable=resumable))
