@@ -46,8 +46,12 @@ def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
     path = Path(path)
     tmp = path.with_name(f"tmp-{path.name}")
     tmp.unlink(missing_ok=True)
-    writer(tmp)
-    os.replace(tmp, path)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: the half-written file would hold the space it needs
+        raise
 
 
 @dataclass
