@@ -2,7 +2,8 @@
 
 Argparse only; each command imports what it needs when it runs, so the commands that only read
 the ledger (list, show, validate, --help) never import TensorFlow and answer in about a second.
-Exit codes: 0 ok, 2 bad input (ledger, data, arguments), 1 anything else.
+Exit codes: 0 ok, 2 bad input (ledger, data, arguments; also a store or run state that cannot be
+used, refused before anything is written), 1 anything else (a full disk: one line, no traceback).
 """
 
 from __future__ import annotations
@@ -524,7 +525,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from harness import quiet, signals
-    from harness.errors import InputError
+    from harness.errors import DiskFull, InputError, disk_full_line, is_disk_full
     from harness.remote import check_tracking
 
     quiet.configure(args.verbose)
@@ -538,6 +539,10 @@ def main(argv=None) -> int:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except DiskFull as exc:  # not bad input (exit 1), but a known state: one line, no traceback
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         if not signals.reported(exc):
             print("interrupted", file=sys.stderr)
@@ -545,6 +550,11 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `harness list --all | head`: the reader had enough; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit too
         return 0
+    except OSError as exc:  # after BrokenPipeError, one of them
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {disk_full_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

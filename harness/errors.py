@@ -24,3 +24,42 @@ class TrackingUnreachable(InputError):
 class IterationHeld(InputError):
     """Another process is training this iteration against the same store (harness.lease): the
     line names it (host, pid, run id). Refused before anything is written, so exit 2."""
+
+
+class CorruptState(InputError):
+    """A run's saved state in its work folder (state.json, or the epoch snapshot it names)
+    cannot be read, so the run cannot resume from it. Found before anything is written; the line
+    names the file and the ways out (--fresh, or moving the folder away). Nothing is removed:
+    the files may be all that is left of days of training, and the user decides."""
+
+
+class StoreUnusable(InputError):
+    """The SQLite file of the MLflow store cannot be used: damaged (not a database) or locked by
+    another process for longer than MLflow's own wait. Refused before anything is written; the
+    line names the file and what to do (restore or move it aside; wait for the holder)."""
+
+
+class DiskFull(Exception):
+    """A run stopped because its disk is full (ENOSPC). Not bad input, so exit 1, but one line
+    and no traceback: the line names the folder, the run's state in MLflow and what was kept,
+    so freeing space and giving the same command again resumes it. `lines` as in InputError."""
+
+    def __init__(self, lines):
+        self.lines = [lines] if isinstance(lines, str) else list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is a full disk: OSError ENOSPC, also as libraries that lose the errno word
+    it (h5py: "errno = 28", SQLite: "database or disk is full")."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "database or disk is full" in text
+
+
+def disk_full_line(exc: BaseException) -> str:
+    """The one line for a full disk met outside a run's training (no run to name)."""
+    return f"the disk is full ({exc}); free space, then run the same command again (an unfinished run resumes)"

@@ -173,6 +173,9 @@ def open_reader(uri: Optional[str], experiment: str):
     chosen = uri or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
     path = sqlite_file(chosen)
     if path is not None:
+        from harness.store_check import check
+
+        check(path)  # damaged or locked: one line (StoreUnusable), whichever reader would read it
         try:
             return SqliteReader(path.resolve(), experiment, f"{SQLITE_PREFIX}{path.resolve()}")
         except UnsupportedStore:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 from harness import ledger, metrics, signals
-from harness.errors import InputError
+from harness.errors import DiskFull, InputError, is_disk_full
 from harness.profiles import announcement
 from harness.records import (KILLED, NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
                              TAG_SYNTHETIC, Decision, RunRecord)
@@ -198,10 +198,11 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
 def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool, skip_finished: bool, log,
                 variant: Optional[Variant], system_metrics: bool) -> int:
     from harness.tracking import Store
-    from harness.train import RunState
+    from harness.train.checkpoints import check_resumable
 
-    store = Store(tracking_uri)
-    resumable = lambda run_id: RunState.exists(work.run(run_id))  # noqa: E731
+    store = Store(tracking_uri)  # a damaged or locked store refuses here (StoreUnusable, harness.store_check)
+    # So does a damaged run state (CorruptState), before a run is opened or a file written.
+    resumable = lambda run_id: check_resumable(work.run(run_id))  # noqa: E731
     decision = (variant.decide(store, prepared.iteration, resumable) if variant else
                 store.begin(book.experiment, prepared.iteration, fresh=fresh, skip_finished=skip_finished,
                             resumable=resumable))
@@ -246,6 +247,8 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         log(f"{name}: interrupted ({cause}); run the same command again to resume")
         raise signals.mark_reported(exc)
     except BaseException as exc:
+        if is_disk_full(exc):
+            raise _disk_full(name, tracker, folder, runner.state, exc) from None
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
     selected = runner.selected_summary(results)
@@ -256,6 +259,22 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         f"open the UI with `make ui` (experiment {experiment})")
     log(_verdict(prepared, bundle, summary, store, experiment))
     return 0
+
+
+def _disk_full(name: str, tracker, folder: Path, state, exc: BaseException) -> DiskFull:
+    """A run stopped by a full disk: marked KILLED (an unfinished run, so the same command
+    resumes it), its work folder left as it is, and the one line saying so. Marking it needs
+    the store, which may sit on the same full disk: then the line says that too, and the run
+    is resumed all the same (its lease's holder is gone)."""
+    try:
+        tracker.fail(f"disk full: {exc}", status=KILLED)
+        marked = f"run {tracker.run_id[:8]} is marked KILLED"
+    except Exception as also:  # noqa: BLE001 - the line must still come out
+        marked = f"run {tracker.run_id[:8]} could not be marked in MLflow either ({type(also).__name__})"
+    kept = (f"with its last good snapshot {state.snapshot} (step {state.step})" if state.snapshot
+            else "(no epoch had been saved yet)")
+    return DiskFull(f"{name}: stopped, the disk is full ({exc}); {marked}; its work folder {folder} is kept, "
+                    f"{kept}: free space there, then run the same command again to resume")
 
 
 def log_final_model(prepared: Prepared, tracker, checkpoint: Path, selected_epoch: Optional[int], log) -> None:

@@ -45,8 +45,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
-from harness import faults, guards, metrics, remote
-from harness.errors import InputError
+from sqlalchemy.exc import DBAPIError
+
+from harness import faults, guards, metrics, remote, store_check
+from harness.errors import InputError, StoreUnusable
 from harness.lease import Lease, check_running, lines
 from harness.ledger import Iteration, flatten
 from harness.records import (
@@ -107,16 +109,21 @@ def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str
 
 def open_client(uri: str) -> MlflowClient:
     """A client for a resolved URI: a server is probed first (TrackingUnreachable, one line,
-    when it does not answer); a SQLite store is created and migrated by one process at a time."""
+    when it does not answer); a SQLite store is checked (harness.store_check: StoreUnusable, one
+    line, when damaged or locked), then created and migrated by one process at a time."""
     db = _sqlite_path(uri)
     if db is None:
         if remote.is_server(uri):
             remote.configure_http_client()
             remote.check_reachable(uri)
         return MlflowClient(tracking_uri=uri)
-    with FileLock(f"{db}.lock"):
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)  # creates and migrates the tables, if new
+    store_check.check(db)  # damaged or locked: one line now, not MLflow's retries and a traceback
+    try:
+        with FileLock(f"{db}.lock"):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # creates and migrates the tables, if new
+    except DBAPIError as exc:  # the same, met by MLflow itself (locked since the check, say)
+        raise StoreUnusable(store_check.problem(db, exc)) from None
     return client
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,6 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from harness import faults, metrics
+from harness.errors import CorruptState
 from harness.train.rng import generator_states
 
 STATE_FILE = "state.json"
@@ -43,8 +46,12 @@ def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
     path = Path(path)
     tmp = path.with_name(f"tmp-{path.name}")
     tmp.unlink(missing_ok=True)
-    writer(tmp)
-    os.replace(tmp, path)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: the half-written file would hold the space it needs
+        raise
 
 
 @dataclass
@@ -68,8 +75,20 @@ class RunState:
 
     @classmethod
     def load(cls, folder: Path) -> "RunState":
+        """The folder's state (a new one when it has none); CorruptState, naming the file and
+        the ways out, when state.json is not one (truncated, garbage, fields of the wrong kind)."""
         path = Path(folder) / STATE_FILE
-        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+        if not path.exists():
+            return cls()
+        try:
+            state = cls(**json.loads(path.read_text()))
+            empty = cls()
+            wrong = [key for key, value in state.__dict__.items() if not isinstance(value, type(getattr(empty, key)))]
+            if wrong:
+                raise ValueError(f"field {wrong[0]} is a {type(state.__dict__[wrong[0]]).__name__}")
+        except (ValueError, TypeError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise CorruptState(damaged(path, f"not a run state ({type(exc).__name__}: {exc})")) from None
+        return state
 
     def save(self, folder: Path) -> None:
         text = json.dumps(self.__dict__, indent=1)
@@ -123,6 +142,45 @@ class RunState:
         """{"value", "step"}: the best value of pass `index`'s early-stopping monitor so far."""
         monitor = pass_.early_stopping.monitor
         return self.best.get(str(index) if monitor == pass_.monitor else f"{index}:{monitor}")
+
+
+def damaged(path: Path, what: str) -> str:
+    """The one line for a run state file that cannot be read: which file, what is wrong with it,
+    and the ways out. The run's folder is the state file's (or the snapshot's pass folder's) parent."""
+    path = Path(path)
+    folder = path.parent if path.name == STATE_FILE else path.parent.parent
+    return (f"{path}: {what}, so run {folder.name[:8]} cannot resume; nothing was written or removed. "
+            f"Run the same command with --fresh to start a new run (this folder is kept), or move {folder} "
+            f"away (or remove it) to drop that run's saved state")
+
+
+def check_snapshot(path: Path) -> None:
+    """CorruptState unless `path` is a complete epoch snapshot: every array read (the zip's
+    checksums checked on the way), weights among them. Costs one read of the file."""
+    try:
+        with np.load(path) as data:
+            for name in data.files:
+                data[name]
+            if "w0" not in data.files:
+                raise ValueError("it holds no weights")
+    except FileNotFoundError:
+        raise CorruptState(damaged(path, "the epoch snapshot state.json names is missing")) from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CorruptState(damaged(path, f"the epoch snapshot is damaged, truncated perhaps "
+                                         f"({type(exc).__name__}: {exc})")) from None
+
+
+def check_resumable(folder: Path) -> bool:
+    """Whether a run's work folder holds a state to resume from (False: none at all); CorruptState
+    when it holds one that cannot be used (state.json, or the snapshot it names, unreadable), so
+    the run refuses before it opens anything instead of failing after it has started."""
+    folder = Path(folder)
+    if not RunState.exists(folder):
+        return False
+    state = RunState.load(folder)
+    if state.snapshot:
+        check_snapshot(folder / state.snapshot)
+    return True
 
 
 class RunFolder:
