@@ -5,7 +5,6 @@ from Debian's binaries and `mlflow server` over it with proxied artifacts, both 
 started and stopped by harness.server's own code. Training is real TensorFlow on tiny data."""
 
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
