@@ -3,6 +3,7 @@
     HARNESS_FAULT=after-snapshot:2          SIGKILL this process the 2nd time it gets there
     HARNESS_FAULT=between-passes:1:sigterm  send itself SIGTERM (also: sigint, sighup)
     HARNESS_FAULT=during-snapshot:1:enospc  raise OSError(ENOSPC), as a full disk would
+    HARNESS_FAULT=after-snapshot:2:pause    write $HARNESS_FAULT_DIR/paused, wait for .../go there
 
 Points, in the order a run meets them:
     mid-epoch        after the first training batch of an epoch (a batch hook exists only then)
@@ -13,6 +14,11 @@ Points, in the order a run meets them:
 
 Unset (always, outside tests) every call is a dictionary lookup and nothing else. The signals
 are real: os.kill on this process.
+
+`pause` hands the moment to the test: the run stops at the point, says so with a file, and goes
+on only when the test creates `go` (or after PAUSE_SECONDS, so a test that forgot cannot hang it).
+Meanwhile the test does what the fault is about to another process (kills the tracking server,
+say), so what the run meets next is decided by the test, not by timing.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
+from pathlib import Path
 
 ENV = "HARNESS_FAULT"
 POINTS = ("mid-epoch", "during-snapshot", "after-snapshot", "between-passes", "final-upload")
+DIR_ENV = "HARNESS_FAULT_DIR"  # where `pause` writes `paused` and waits for `go`
+PAUSE_SECONDS = 600.0
 ACTIONS = {"kill": signal.SIGKILL, "sigint": signal.SIGINT, "sigterm": signal.SIGTERM, "sighup": signal.SIGHUP}
 
 _reached: dict = {}
@@ -48,7 +58,23 @@ def reach(point: str) -> None:
     action = action or "kill"
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{point} (injected by {ENV})")
+    if action == "pause":
+        return _pause(point)
     os.kill(os.getpid(), ACTIONS[action])  # a Python handler runs at the next bytecode
+
+
+def _pause(point: str) -> None:
+    """Write `paused` (this PID and the point) into $HARNESS_FAULT_DIR, then wait for `go`."""
+    folder = os.environ.get(DIR_ENV)
+    if not folder:
+        raise RuntimeError(f"{ENV}={os.environ[ENV]}: the pause action needs {DIR_ENV} (a folder)")
+    paused, go = Path(folder) / "paused", Path(folder) / "go"
+    tmp = paused.with_suffix(".tmp")
+    tmp.write_text(f"{os.getpid()} {point}\n")
+    tmp.replace(paused)  # the test never reads half a file
+    deadline = time.monotonic() + PAUSE_SECONDS
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def mid_epoch_callback():

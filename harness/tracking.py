@@ -114,7 +114,7 @@ def open_client(uri: str) -> MlflowClient:
     db = _sqlite_path(uri)
     if db is None:
         if remote.is_server(uri):
-            remote.configure_http_client()
+            remote.configure_http_client(uri)
             remote.check_reachable(uri)
         return MlflowClient(tracking_uri=uri)
     store_check.check(db)  # damaged or locked: one line now, not MLflow's retries and a traceback
