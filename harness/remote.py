@@ -7,9 +7,10 @@ minutes. So every command that talks to a server first asks its `/health` endpoi
 even under basic auth), with a timeout, and stops with one line naming the URI when no answer
 comes: before TensorFlow is imported or anything is written. And unless the user set them,
 MLflow's own HTTP settings are bounded (`configure_http_client`) so that a server lost in the
-middle of a run fails the call in under a minute; the run's state stays in the work dir and the
+middle of a run fails the call after about a minute; the run's state stays in the work dir and the
 same command resumes it once the server is back. A server back within the retry window (about
-30 s: urllib3 waits 0, 2, 4, 8, 16 s) answers the very call that met it gone, and the run simply
+60 s: urllib3 waits 0, 2, 4, 8, 16, 32 s; a server restarting on a busy machine needs
+more than 30 s) answers the very call that met it gone, and the run simply
 goes on (tests/test_faults_server.py kills one mid-run). urllib3 logs its retries only to a
 NullHandler, so a run would stall in silence meanwhile: `RetryNotice` says so in one line.
 Pure Python (urllib, logging): no MLflow import here.
@@ -33,7 +34,7 @@ PROBE_TRIES = 2  # so the worst case (a server that accepts and never answers) i
 # MLflow's environment settings, read on every request; the user's own values win.
 HTTP_SETTINGS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # the harness prints its own closing line
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",  # 0+2+4+8+16 s of backoff: a server restart fits
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",  # 0+2+4+8+16+32 s of backoff: a server restart fits
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
