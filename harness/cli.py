@@ -525,7 +525,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from harness import quiet, signals
-    from harness.errors import DiskFull, InputError, disk_full_line, is_disk_full
+    from harness.errors import InputError, RunHalted, disk_full_line, is_disk_full
     from harness.remote import check_tracking
 
     quiet.configure(args.verbose)
@@ -539,7 +539,7 @@ def main(argv=None) -> int:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except DiskFull as exc:  # not bad input (exit 1), but a known state: one line, no traceback
+    except RunHalted as exc:  # not bad input (exit 1), but a known state: one line, no traceback
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         return 1

@@ -39,14 +39,25 @@ class StoreUnusable(InputError):
     line names the file and what to do (restore or move it aside; wait for the holder)."""
 
 
-class DiskFull(Exception):
-    """A run stopped because its disk is full (ENOSPC). Not bad input, so exit 1, but one line
-    and no traceback: the line names the folder, the run's state in MLflow and what was kept,
-    so freeing space and giving the same command again resumes it. `lines` as in InputError."""
+class RunHalted(Exception):
+    """A run stopped by its surroundings (a full disk, a tracking server gone for good), not by
+    bad input or a bug. Not bad input, so exit 1, but one line and no traceback: the line names
+    what happened, the run's state in MLflow and what was kept in its work folder, so fixing the
+    surroundings and giving the same command again resumes it. `lines` as in InputError."""
 
     def __init__(self, lines):
         self.lines = [lines] if isinstance(lines, str) else list(lines)
         super().__init__("\n".join(self.lines))
+
+
+class DiskFull(RunHalted):
+    """A run stopped because its disk is full (ENOSPC)."""
+
+
+class TrackingLost(RunHalted):
+    """A run stopped because its tracking server stopped answering for longer than MLflow's
+    retries: the run is left RUNNING there (marking it would wait out the retries again), its
+    work folder holds every finished epoch, and the rerun sends the epochs not yet logged."""
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 from harness import ledger, metrics, signals
-from harness.errors import DiskFull, InputError, is_disk_full
+from harness.errors import DiskFull, InputError, TrackingLost, is_disk_full
 from harness.profiles import announcement
 from harness.records import (KILLED, NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
                              TAG_SYNTHETIC, Decision, RunRecord)
@@ -226,6 +226,7 @@ def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool,
 
 def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path, store, experiment: str, log) -> int:
     """The passes of a started run, every event handed to `tracker`; its end told to it too."""
+    from harness.tracking import server_lost
     from harness.train import Runner, TrainingDiverged
 
     name = prepared.iteration.name
@@ -249,11 +250,18 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
     except BaseException as exc:
         if is_disk_full(exc):
             raise _disk_full(name, tracker, folder, runner.state, exc) from None
+        if server_lost(exc):
+            raise _server_lost(name, tracker, store.uri, folder, runner.state) from None
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
-    selected = runner.selected_summary(results)
-    log_final_model(prepared, tracker, runner.final_checkpoint(), selected.get(metrics.SELECTED_EPOCH), log)
-    summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), selected)
+    try:
+        selected = runner.selected_summary(results)
+        log_final_model(prepared, tracker, runner.final_checkpoint(), selected.get(metrics.SELECTED_EPOCH), log)
+        summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), selected)
+    except Exception as exc:
+        if server_lost(exc):
+            raise _server_lost(name, tracker, store.uri, folder, runner.state) from None
+        raise
     dataset = prepared.iteration.data.name
     log(f"{name}: FINISHED, {metrics.selected_phrase(summary, dataset)}; run {tracker.run_id}; "
         f"open the UI with `make ui` (experiment {experiment})")
@@ -271,10 +279,24 @@ def _disk_full(name: str, tracker, folder: Path, state, exc: BaseException) -> D
         marked = f"run {tracker.run_id[:8]} is marked KILLED"
     except Exception as also:  # noqa: BLE001 - the line must still come out
         marked = f"run {tracker.run_id[:8]} could not be marked in MLflow either ({type(also).__name__})"
-    kept = (f"with its last good snapshot {state.snapshot} (step {state.step})" if state.snapshot
-            else "(no epoch had been saved yet)")
     return DiskFull(f"{name}: stopped, the disk is full ({exc}); {marked}; its work folder {folder} is kept, "
-                    f"{kept}: free space there, then run the same command again to resume")
+                    f"{_kept(state)}: free space there, then run the same command again to resume")
+
+
+def _kept(state) -> str:
+    return (f"with its last good snapshot {state.snapshot} (step {state.step})" if state.snapshot
+            else "(no epoch had been saved yet)")
+
+
+def _server_lost(name: str, tracker, uri: str, folder: Path, state) -> TrackingLost:
+    """A run whose tracking server stopped answering for longer than MLflow's retries: left as
+    it is (RUNNING there; its lease's holder is gone once this process ends), and the line."""
+    from harness.remote import retry_window
+
+    return TrackingLost(f"{name}: stopped, the tracking server {uri} did not answer for about {retry_window()} s "
+                        f"of retries; run {tracker.run_id[:8]} is left RUNNING there; its work folder {folder} is "
+                        f"kept, {_kept(state)}: once the server answers, run the same command again to resume "
+                        f"(the epochs it has not logged are sent then)")
 
 
 def log_final_model(prepared: Prepared, tracker, checkpoint: Path, selected_epoch: Optional[int], log) -> None:
@@ -289,8 +311,11 @@ def log_final_model(prepared: Prepared, tracker, checkpoint: Path, selected_epoc
     try:
         tracker.log_model(checkpoint, card, example_image(prepared.table, prepared.parts.val), step=int(selected_epoch or 0))
     except Exception as exc:
-        tracker.fail(f"logging the model failed: {type(exc).__name__}: {exc}", status=KILLED)
-        log(f"{prepared.iteration.name}: logging the MLflow Model failed ({exc}); run the same command again to finish")
+        from harness.tracking import server_lost
+
+        if not server_lost(exc):  # marking the run would wait out MLflow's retries again
+            tracker.fail(f"logging the model failed: {type(exc).__name__}: {exc}", status=KILLED)
+            log(f"{prepared.iteration.name}: logging the MLflow Model failed ({exc}); run the same command again to finish")
         raise
 
 

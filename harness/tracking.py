@@ -156,6 +156,23 @@ def git_tags(cwd: Optional[Path] = None) -> dict:
     return {"mlflow.source.git.commit": head.stdout.strip(), TAG_GIT_DIRTY: str(dirty).lower()}
 
 
+def server_lost(exc: BaseException) -> bool:
+    """Whether `exc` is MLflow giving up on a tracking server that does not answer (refused or
+    timed out connections, after its HTTP retries), anywhere in the exception's chain: such a
+    run is stopped with its state kept, not failed, since failing it would need the server."""
+    import requests
+
+    seen, depth = exc, 0
+    while seen is not None and depth < 10:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        if isinstance(seen, MlflowException) and re.match(r"API request to \S+ failed with (timeout )?exception",
+                                                          str(seen.message)):
+            return True
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return False
+
+
 def _local_artifact_root(artifact_uri: str) -> Optional[Path]:
     """The folder of a run's artifacts when the store keeps them on this machine (file: or a
     bare path), else None (a server serves them, and the copy is checked after download)."""

@@ -128,13 +128,19 @@ def synth(tmp_path_factory):
     return folder
 
 
-def start_run(book: Path, synth: Path, folder: Path, uri: str, fault_dir: Path, log: Path) -> subprocess.Popen:
-    """`harness run outage` in a subprocess that pauses before logging epoch 2; output to `log`.
-    The worktree's harness is imported (PYTHONPATH), MLflow's HTTP settings are the harness's."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO),
-           "HARNESS_FAULT": "after-snapshot:2:pause", "HARNESS_FAULT_DIR": str(fault_dir)}
+def start_run(book: Path, synth: Path, folder: Path, uri: str, fault_dir: Path, log: Path, pause: bool = True,
+              **settings: str) -> subprocess.Popen:
+    """`harness run outage` in a subprocess that pauses before logging epoch 2 (unless not
+    `pause`); output to `log`. The worktree's harness is imported (PYTHONPATH); MLflow's HTTP
+    settings are the harness's, or `settings` (e.g. MLFLOW_HTTP_REQUEST_MAX_RETRIES="2")."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "HARNESS_FAULT_DIR": str(fault_dir)}
+    if pause:
+        env["HARNESS_FAULT"] = "after-snapshot:2:pause"
+    else:
+        env.pop("HARNESS_FAULT", None)
     for name in HTTP_SETTINGS:
         env.pop(name, None)
+    env.update(settings)
     command = [sys.executable, "-m", "harness.cli", "run", "outage", "--ledger", str(book), "--profile", "smoke",
                "--data", str(synth), "--tracking-uri", uri, "--work-dir", str(folder / "work")]
     with open(log, "w") as out:
@@ -184,6 +190,50 @@ def test_tracking_server_killed_mid_run_the_run_waits_and_every_metric_arrives(s
         if run is not None and run.poll() is None:
             run.kill()
             run.wait()
+        srv.stop()
+
+
+def test_tracking_server_gone_past_the_retries_stops_in_one_line_and_the_rerun_resumes(synth, tmp_path,
+                                                                                      record_property):
+    """The server SIGKILLed before epoch 2 is logged and not back within MLflow's retries (2 of
+    them here, about 2 s, instead of the harness's 6): the run stops, exit 1, with one line that
+    names the server and the kept work folder, and no traceback. Once the server is back, the same
+    command resumes the run, sends epoch 2, trains epoch 3, and every metric arrives once."""
+    record_property("expectation", "tracking server SIGKILLed just before epoch 2 is logged and not back within "
+                    "MLflow's retries: exit 1, one line naming the server and the kept work folder, no traceback; "
+                    "server restarted: the same command resumes, one FINISHED run, steps 1..3 once each, every "
+                    "metric equal to the trainer's own history")
+    book = tmp_path / "outage.yaml"
+    book.write_text(OUTAGE)
+    fault_dir, log, relog = tmp_path / "fault", tmp_path / "run.log", tmp_path / "rerun.log"
+    fault_dir.mkdir()
+    srv = SqliteServer(tmp_path / "server")
+    runs = []
+    try:
+        srv.start()
+        runs.append(start_run(book, synth, tmp_path, srv.url, fault_dir, log, MLFLOW_HTTP_REQUEST_MAX_RETRIES="2"))
+        assert wait_for((fault_dir / "paused").exists, runs[0], 300, "it paused", log), log.read_text()[-3000:]
+        srv.kill()
+        (fault_dir / "go").touch()
+        code = runs[0].wait(timeout=300)
+        output = log.read_text(errors="replace")
+        assert code == 1 and "Traceback" not in output, output[-3000:]
+        [line] = [line for line in output.splitlines() if line.startswith("error:")]
+        assert f"outage: stopped, the tracking server {srv.url} did not answer" in line, line
+        assert "is left RUNNING there" in line and str(tmp_path / "work") in line and "(step 2)" in line, line
+        srv.start()
+        runs.append(start_run(book, synth, tmp_path, srv.url, fault_dir, relog, pause=False))
+        code = runs[1].wait(timeout=300)
+        output = relog.read_text(errors="replace")
+        assert code == 0 and "resuming unfinished run" in output, output[-3000:]
+        assert "logged 1 epoch(s) the killed process had finished but not reported" in output, output[-3000:]
+        check_every_metric_arrived(srv.url, tmp_path / "work")
+        record_property("result_detail", line.split("; ")[0])
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
         srv.stop()
 
 
