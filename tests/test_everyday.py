@@ -79,6 +79,21 @@ def test_show_and_list_across_ledgers():
 # --------------------------------------------------------------------------- quiet by default
 
 
+def test_tensorflow_import_lines_only_with_verbose():
+    """TensorFlow 2.21 prints its oneDNN notice and absl's pre-init warning from C++ while it is
+    imported, before TF_CPP_MIN_LOG_LEVEL applies: a command that builds a model prints neither
+    (harness.quiet sends that one import's stderr to a sink), and with -v both show."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_TRACKING_URI")}
+    noise = ("oneDNN custom operations", "absl::InitializeLog")
+    quiet = subprocess.run([sys.executable, "-m", "harness.cli", "params", "first"], cwd=REPO, capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert "trainable" in quiet.stdout
+    loud = subprocess.run([sys.executable, "-m", "harness.cli", "params", "first", "-v"], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert loud.returncode == 0 and all(text in loud.stderr for text in noise), loud.stderr[-2000:]
+
+
 def test_mlflow_info_lines_only_with_verbose(tmp_path, monkeypatch, capfd):
     """`eval` of an iteration with no runs opens a new MLflow store (MLflow logs that it creates
     its tables) and stops with one error line; with -v the libraries' INFO lines show."""
