@@ -60,6 +60,12 @@ class TrackingLost(RunHalted):
     work folder holds every finished epoch, and the rerun sends the epochs not yet logged."""
 
 
+class StoreLocked(RunHalted):
+    """A run stopped because another process kept its SQLite store locked past MLflow's busy
+    timeout: as with a lost server, the run is left RUNNING (marking it needs the store), its
+    work folder holds every finished epoch, and the rerun sends the epochs not yet logged."""
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether `exc` is a full disk: OSError ENOSPC, also as libraries that lose the errno word
     it (h5py: "errno = 28", SQLite: "database or disk is full")."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 from harness import ledger, metrics, signals
-from harness.errors import DiskFull, InputError, TrackingLost, is_disk_full
+from harness.errors import DiskFull, InputError, RunHalted, StoreLocked, TrackingLost, is_disk_full
 from harness.profiles import announcement
 from harness.records import (KILLED, NEW, RESUME, SKIP, TAG_DATA, TAG_DATA_DIR, TAG_LEDGER, TAG_PROFILE, TAG_SPLIT,
                              TAG_SYNTHETIC, Decision, RunRecord)
@@ -225,18 +225,18 @@ def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool,
 
 
 def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path, store, experiment: str, log) -> int:
-    """The passes of a started run, every event handed to `tracker`; its end told to it too."""
-    from harness.tracking import server_lost
+    """The passes of a started run, every event handed to `tracker`; its end told to it too.
+    A run stopped by its surroundings (full disk, lost server, locked store) ends in RunHalted."""
     from harness.train import Runner, TrainingDiverged
 
     name = prepared.iteration.name
     reporter = ConsoleReporter(tracker, prepared.iteration, prepared.data_label(bundle), prepared.profile, log)
     runner = Runner(prepared.iteration, bundle, folder, reporter, log, feature_inputs=prepared.features())
-    if decision.kind == RESUME:
-        replayed = tracker.replay(runner.state.history)
-        if replayed:
-            log(f"{name}: logged {replayed} epoch(s) the killed process had finished but not reported")
     try:
+        if decision.kind == RESUME:
+            replayed = tracker.replay(runner.state.history)
+            if replayed:
+                log(f"{name}: logged {replayed} epoch(s) the killed process had finished but not reported")
         results = runner.run()
     except TrainingDiverged as exc:
         tracker.fail(f"diverged: {exc}")
@@ -248,10 +248,9 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         log(f"{name}: interrupted ({cause}); run the same command again to resume")
         raise signals.mark_reported(exc)
     except BaseException as exc:
-        if is_disk_full(exc):
-            raise _disk_full(name, tracker, folder, runner.state, exc) from None
-        if server_lost(exc):
-            raise _server_lost(name, tracker, store.uri, folder, runner.state) from None
+        halted = _halted(exc, name, tracker, store.uri, folder, runner.state)
+        if halted is not None:
+            raise halted from None
         tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
     try:
@@ -259,8 +258,9 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         log_final_model(prepared, tracker, runner.final_checkpoint(), selected.get(metrics.SELECTED_EPOCH), log)
         summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), selected)
     except Exception as exc:
-        if server_lost(exc):
-            raise _server_lost(name, tracker, store.uri, folder, runner.state) from None
+        halted = _halted(exc, name, tracker, store.uri, folder, runner.state, marking=False)
+        if halted is not None:
+            raise halted from None
         raise
     dataset = prepared.iteration.data.name
     log(f"{name}: FINISHED, {metrics.selected_phrase(summary, dataset)}; run {tracker.run_id}; "
@@ -269,18 +269,52 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
     return 0
 
 
-def _disk_full(name: str, tracker, folder: Path, state, exc: BaseException) -> DiskFull:
+def _halted(exc: BaseException, name: str, tracker, uri: str, folder: Path, state,
+            marking: bool = True) -> Optional[RunHalted]:
+    """The RunHalted (one line) for a run its surroundings stopped: a full disk (the work
+    folder's or the store's), a tracking server gone past MLflow's retries, a SQLite store locked
+    past its busy timeout; None for anything else (a bug: the run is failed, with a traceback).
+    Not `marking` after training: the final logging marks the run itself (log_final_model)."""
+    from harness.tracking import server_lost, store_full, store_locked
+
+    full = store_full(exc, uri)
+    if full is not None or is_disk_full(exc):
+        if not marking:
+            return DiskFull(_disk_full_line(name, tracker, folder, state, exc, full, marked=None))
+        return _disk_full(name, tracker, folder, state, exc, full)
+    if server_lost(exc):
+        return _server_lost(name, tracker, uri, folder, state)
+    locked = store_locked(exc, uri)
+    if locked is not None:
+        return StoreLocked(f"{name}: stopped, {locked}; run {tracker.run_id[:8]} is left RUNNING there (marking it "
+                           f"needs the store); its work folder {folder} is kept, {_kept(state)}: run the same command "
+                           f"again once the lock is released to resume (the epochs it has not logged are sent then)")
+    return None
+
+
+def _disk_full(name: str, tracker, folder: Path, state, exc: BaseException, store: Optional[str] = None) -> DiskFull:
     """A run stopped by a full disk: marked KILLED (an unfinished run, so the same command
     resumes it), its work folder left as it is, and the one line saying so. Marking it needs
     the store, which may sit on the same full disk: then the line says that too, and the run
-    is resumed all the same (its lease's holder is gone)."""
+    is resumed all the same (its lease's holder is gone). `store`: how the store's own full disk
+    is worded (harness.tracking.store_full), when that is the full one."""
     try:
-        tracker.fail(f"disk full: {exc}", status=KILLED)
+        tracker.fail(f"disk full: {store or exc}", status=KILLED)
         marked = f"run {tracker.run_id[:8]} is marked KILLED"
     except Exception as also:  # noqa: BLE001 - the line must still come out
         marked = f"run {tracker.run_id[:8]} could not be marked in MLflow either ({type(also).__name__})"
-    return DiskFull(f"{name}: stopped, the disk is full ({exc}); {marked}; its work folder {folder} is kept, "
-                    f"{_kept(state)}: free space there, then run the same command again to resume")
+    return DiskFull(_disk_full_line(name, tracker, folder, state, exc, store, marked))
+
+
+def _disk_full_line(name: str, tracker, folder: Path, state, exc: BaseException, store: Optional[str],
+                    marked: Optional[str]) -> str:
+    """The one line of a full disk: which disk (the store's, named, or the work folder's), the
+    run's mark, what was kept, what to do."""
+    what = store or f"the disk is full ({exc})"
+    where = "on the store's disk" if store else "there"
+    marked = marked or f"run {tracker.run_id[:8]} is left unfinished"
+    return (f"{name}: stopped, {what}; {marked}; its work folder {folder} is kept, {_kept(state)}: free space "
+            f"{where}, then run the same command again to resume")
 
 
 def _kept(state) -> str:
@@ -311,9 +345,9 @@ def log_final_model(prepared: Prepared, tracker, checkpoint: Path, selected_epoc
     try:
         tracker.log_model(checkpoint, card, example_image(prepared.table, prepared.parts.val), step=int(selected_epoch or 0))
     except Exception as exc:
-        from harness.tracking import server_lost
+        from harness.tracking import unmarkable
 
-        if not server_lost(exc):  # marking the run would wait out MLflow's retries again
+        if not unmarkable(exc):  # marking the run would wait out the same retries or lock again
             tracker.fail(f"logging the model failed: {type(exc).__name__}: {exc}", status=KILLED)
             log(f"{prepared.iteration.name}: logging the MLflow Model failed ({exc}); run the same command again to finish")
         raise

@@ -40,9 +40,21 @@ def check(db: Path, wait: float = WAIT_SECONDS) -> None:
 def problem(db: Path, exc: BaseException, wait: float = WAIT_SECONDS) -> str:
     """The line for a store file SQLite refused: locked (wait for the holder) or damaged (restore
     or move it aside); `exc` is sqlite3's error or SQLAlchemy's wrapper of it."""
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    text = first_line(exc)
     if "locked" in text or getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-        return (f"{db}: the MLflow store is locked by another process (still locked after {wait:.0f} s: {text}); "
+        return (f"{db}: the MLflow store {locked_phrase(text, wait)}; "
                 f"nothing was written. Wait for that process to finish or stop it, then run the same command again")
     return (f"{db}: the MLflow store is damaged ({text}); nothing was written or removed. Restore it from a backup, "
             f"or move it aside (mv {db} {db}.damaged) and run again to start an empty store")
+
+
+def first_line(exc: BaseException) -> str:
+    """SQLite's own words ("database is locked"), without SQLAlchemy's statement and parameters:
+    `exc` is sqlite3's error or SQLAlchemy's wrapper of it."""
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+
+
+def locked_phrase(text: str, wait: float = WAIT_SECONDS) -> str:
+    """How a locked store is worded, at start-up here and mid-run (harness.tracking.store_locked),
+    so that both read alike: 'is locked by another process (still locked after 20 s: TEXT)'."""
+    return f"is locked by another process (still locked after {wait:.0f} s: {text})"

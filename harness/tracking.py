@@ -26,8 +26,10 @@ in the same call, so a second `harness run` of it, on any machine, refuses.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -45,7 +47,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from harness import faults, guards, metrics, remote, store_check
 from harness.errors import InputError, StoreUnusable
@@ -118,6 +120,7 @@ def open_client(uri: str) -> MlflowClient:
             remote.check_reachable(uri)
         return MlflowClient(tracking_uri=uri)
     store_check.check(db)  # damaged or locked: one line now, not MLflow's retries and a traceback
+    _quiet_store_errors()
     try:
         with FileLock(f"{db}.lock"):
             client = MlflowClient(tracking_uri=uri)
@@ -171,6 +174,77 @@ def server_lost(exc: BaseException) -> bool:
             return True
         seen, depth = seen.__cause__ or seen.__context__, depth + 1
     return False
+
+
+# SQLite's words for the two ways a local store stops a run that is not the run's fault.
+LOCKED, FULL = "database is locked", "database or disk is full"
+
+
+def _sqlite_error(exc: BaseException) -> Optional[str]:
+    """LOCKED or FULL when SQLite said so anywhere in the exception's chain (MLflow wraps
+    SQLAlchemy's OperationalError, which wraps sqlite3's), else None."""
+    seen, depth = exc, 0
+    while seen is not None and depth < 10:
+        if isinstance(seen, (sqlite3.OperationalError, OperationalError)):
+            text = store_check.first_line(seen)
+            for known in (LOCKED, FULL):
+                if known in text:
+                    return known
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return None
+
+
+def store_locked(exc: BaseException, uri: str) -> Optional[str]:
+    """How to say that the SQLite store at `uri` stayed locked by another process past MLflow's
+    20 s busy timeout (`exc` anywhere in its chain is "database is locked"), or None. Such a run
+    is stopped with its state kept, not failed: failing it would wait on the same lock."""
+    db = _sqlite_path(resolve_uri(uri))
+    if db is None or _sqlite_error(exc) != LOCKED:
+        return None
+    return f"the MLflow store {db} {store_check.locked_phrase(LOCKED)}"
+
+
+def store_full(exc: BaseException, uri: str) -> Optional[str]:
+    """How to say that the disk under the SQLite store at `uri` is full (SQLite's "database or
+    disk is full" anywhere in `exc`'s chain), or None: the line then names the store's file, since
+    that disk need not be the work folder's."""
+    db = _sqlite_path(resolve_uri(uri))
+    if db is None or _sqlite_error(exc) != FULL:
+        return None
+    return f"the disk under the MLflow store {db} is full ({FULL})"
+
+
+def unmarkable(exc: BaseException) -> bool:
+    """Whether marking the run after `exc` would only wait again in vain: its tracking server is
+    gone past MLflow's retries (server_lost), or its SQLite store is locked (store_locked)."""
+    return server_lost(exc) or _sqlite_error(exc) == LOCKED
+
+
+class _StoreErrorLines(logging.Filter):
+    """MLflow logs a SQLite error with its SQL statement and a traceback before it raises it
+    (mlflow.store.db.utils), and its system-metrics thread logs one with the statement as a
+    warning. A locked or full store would print dozens of lines before the harness's own one
+    line: records whose error the harness words itself are dropped, and any other message is cut
+    to its first line when what follows is SQLAlchemy's statement."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and _sqlite_error(record.exc_info[1]):
+            return False
+        message = record.getMessage()
+        if "\n[SQL: " in message:
+            record.msg, record.args = message.split("\n", 1)[0], ()
+        return True
+
+
+_STORE_ERROR_LOGGERS = ("mlflow.store.db.utils", "mlflow.system_metrics.system_metrics_monitor")
+
+
+def _quiet_store_errors() -> None:
+    """_StoreErrorLines on the MLflow loggers that report SQLite's errors (once per process)."""
+    for name in _STORE_ERROR_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _StoreErrorLines) for f in logger.filters):
+            logger.addFilter(_StoreErrorLines())
 
 
 def _local_artifact_root(artifact_uri: str) -> Optional[Path]:

@@ -28,31 +28,13 @@ from pathlib import Path
 import pytest
 
 from harness import ledger
+from fault_runs import OUTAGE, check_every_metric_arrived, start_run, wait_for
 from tracking_load import default_seconds
 
 pytestmark = pytest.mark.faults
 
 REPO = Path(__file__).resolve().parents[1]
 LOAD_WORKERS = 20
-OUTAGE = """\
-experiment: outage
-defaults:
-  seed: 5
-  data: {name: hvc, image_size: 32, val_fraction: 0.25, cache: memory}
-  backbone: {name: custom, freeze: none}
-  head: {neck: gap, neck_units: 8, tower_units: [4], tower_dropouts: [0.2]}
-  optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
-  batch_size: {train: 16, eval: 16}
-profiles:
-  cpu: {set: {}, max_epochs_per_pass: 3}
-  smoke: {set: {}, max_epochs_per_pass: 3}
-iterations:
-  outage:
-    passes: [{epochs: 3}]
-"""
-STEPS = [1, 2, 3]
-HTTP_SETTINGS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
 
 
 class SqliteServer:
@@ -108,17 +90,6 @@ def answers(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_for(found, process: subprocess.Popen, seconds: float, what: str, log: Path) -> bool:
-    """Poll `found()` until true; False after `seconds`; fails at once if `process` ended."""
-    deadline = time.monotonic() + seconds
-    while not found():
-        assert process.poll() is None, f"the run ended ({process.returncode}) before {what}:\n{log.read_text()[-3000:]}"
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     from harness.data.synth import generate
@@ -126,26 +97,6 @@ def synth(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synth")
     generate(folder, 64, seed=5)
     return folder
-
-
-def start_run(book: Path, synth: Path, folder: Path, uri: str, fault_dir: Path, log: Path, pause: bool = True,
-              **settings: str) -> subprocess.Popen:
-    """`harness run outage` in a subprocess that pauses before logging epoch 2 (unless not
-    `pause`); output to `log`. The worktree's harness is imported (PYTHONPATH); MLflow's HTTP
-    settings are the harness's, or `settings` (e.g. MLFLOW_HTTP_REQUEST_MAX_RETRIES="2")."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "HARNESS_FAULT_DIR": str(fault_dir)}
-    if pause:
-        env["HARNESS_FAULT"] = "after-snapshot:2:pause"
-    else:
-        env.pop("HARNESS_FAULT", None)
-    for name in HTTP_SETTINGS:
-        env.pop(name, None)
-    env.update(settings)
-    command = [sys.executable, "-m", "harness.cli", "run", "outage", "--ledger", str(book), "--profile", "smoke",
-               "--data", str(synth), "--tracking-uri", uri, "--work-dir", str(folder / "work")]
-    with open(log, "w") as out:
-        return subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
 
 
 def outage_during_run(srv: SqliteServer, run: subprocess.Popen, fault_dir: Path, log: Path) -> dict:
@@ -235,24 +186,6 @@ def test_tracking_server_gone_past_the_retries_stops_in_one_line_and_the_rerun_r
                 run.kill()
                 run.wait()
         srv.stop()
-
-
-def check_every_metric_arrived(uri: str, work: Path) -> None:
-    """One FINISHED parent and pass run; on both, each epoch metric at steps 1..3 exactly once,
-    equal to the value the trainer recorded in its state.json (JSON floats round-trip exactly)."""
-    from harness.tracking import Store
-
-    store = Store(uri)
-    [parent] = store.runs("outage", "outage")
-    assert parent.status == "FINISHED", parent.tags.get("harness.failure_reason")
-    [child] = store.children(parent.run_id)
-    assert (child.name, child.status) == ("outage/pass-1", "FINISHED")
-    history = json.loads((work / parent.run_id / "state.json").read_text())["history"]
-    assert [h["step"] for h in history] == STEPS
-    for key in history[0]["metrics"]:
-        expected = [(h["step"], float(h["metrics"][key])) for h in history]
-        for run_id in (parent.run_id, child.run_id):
-            assert [(p.step, p.value) for p in store.metric_history(run_id, key)] == expected, (run_id, key)
 
 
 def load_test(uri: str, db_uri: str, label: str, folder: Path, record_property) -> dict:
