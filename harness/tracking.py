@@ -366,10 +366,9 @@ class Store:
         return sorted((MetricPoint(m.step, m.value, m.timestamp) for m in history), key=lambda p: p.step)
 
     def download(self, run_id: str, path: str, dest: Path) -> Path:
-        """One artifact (file or folder) of a run, copied under `dest`. Nothing outside the run's
-        artifacts is read and nothing outside `dest` written: the path is checked first, a local
-        artifact store's files are checked for links leading out before they are copied (a copy
-        follows links), and the copy is checked after."""
+        """One artifact (file or folder) of a run, copied under `dest`, reading nothing outside the
+        run's artifacts (harness.guards: the path, a local store's links before the copy follows
+        them, and the copy)."""
         guards.check_artifact_path(path, run_id)
         root = _local_artifact_root(self._client.get_run(run_id).info.artifact_uri)
         if root is not None and (root / path).exists():

@@ -10,6 +10,7 @@
 """
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def _find_real_data() -> str:
 
 
 REAL_DATA = _find_real_data()
+
+# A shell without job control (`cmd &`, nohup, some CI runners) starts its background children
+# with SIGINT ignored, and Python keeps an inherited SIG_IGN: a real Ctrl-C signal sent by the
+# tests (to a run, to Ray's workers through ray.cancel) would then do nothing. Take Ctrl-C's
+# own handler back, for this process and the ones it starts.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config):
