@@ -165,15 +165,24 @@ def server_lost(exc: BaseException) -> bool:
     run is stopped with its state kept, not failed, since failing it would need the server."""
     import requests
 
-    seen, depth = exc, 0
-    while seen is not None and depth < 10:
+    for seen in _chain(exc):
         if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
             return True
         if isinstance(seen, MlflowException) and re.match(r"API request to \S+ failed with (timeout )?exception",
                                                           str(seen.message)):
             return True
-        seen, depth = seen.__cause__ or seen.__context__, depth + 1
     return False
+
+
+def _chain(exc: BaseException, limit: int = 10):
+    """`exc`, then what it was raised from or during (MLflow wraps SQLAlchemy, which wraps
+    sqlite3 or requests), at most `limit` deep."""
+    seen = exc
+    for _ in range(limit):
+        if seen is None:
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 # SQLite's words for the two ways a local store stops a run that is not the run's fault.
@@ -183,14 +192,12 @@ LOCKED, FULL = "database is locked", "database or disk is full"
 def _sqlite_error(exc: BaseException) -> Optional[str]:
     """LOCKED or FULL when SQLite said so anywhere in the exception's chain (MLflow wraps
     SQLAlchemy's OperationalError, which wraps sqlite3's), else None."""
-    seen, depth = exc, 0
-    while seen is not None and depth < 10:
+    for seen in _chain(exc):
         if isinstance(seen, (sqlite3.OperationalError, OperationalError)):
             text = store_check.first_line(seen)
             for known in (LOCKED, FULL):
                 if known in text:
                     return known
-        seen, depth = seen.__cause__ or seen.__context__, depth + 1
     return None
 
 
