@@ -43,7 +43,7 @@ def measure(iteration, epochs: int, steps: int, batch: int, precision: str, jit:
     import keras
 
     from harness import ledger
-    from harness.data.labels import heads_for, output_name
+    from harness.core.labels import heads_for, output_name
     from harness.models import build_model
     from harness.train import compile_model
 

@@ -37,7 +37,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from harness import ledger, metrics  # noqa: E402
+from harness import ledger
+from harness.core import metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,8 +51,8 @@ CPU_RUN_EPOCHS = 24  # the cpu profile's eleventh: 2 passes of at most 12 epochs
 def _short_run(folder: Path, tmp: Path, name: str, epochs: int, system_metrics: bool):
     """A `harness run` of the cpu-profile eleventh, cut to `epochs` epochs in one pass; returns
     (store, run record, median epoch period in seconds)."""
-    from harness.launch import run_iteration
-    from harness.tracking import Store
+    from harness.run.launch import run_iteration
+    from harness.track.store import Store
 
     iteration = ledger.load(ROOT / "runs.yaml").resolve("eleventh", "cpu")
     fields = {k: v for k, v in iteration.to_dict().items() if k not in ("name", "extends")}
@@ -70,8 +71,8 @@ def _short_run(folder: Path, tmp: Path, name: str, epochs: int, system_metrics: 
 
 def measure_logging(store, run, tmp: Path, repeat: int = 3) -> list[float]:
     """Seconds of RunTracker.log_model for the run's checkpoint, each into a new run."""
-    from harness.predict import ModelCard
-    from harness.records import NEW, Decision
+    from harness.serve.predict import ModelCard
+    from harness.core.records import NEW, Decision
 
     book_iteration = ledger.load(ROOT / "runs.yaml").resolve("eleventh", "cpu")
     checkpoint = next(Path(store.download(run.run_id, "checkpoint", tmp / "ckpt")).glob("*.keras"))
@@ -92,8 +93,8 @@ def measure_monitor_cost(tmp: Path, interval: float = 0.1, seconds: float = 6.0)
     logging), measured while nothing else runs in the process: a run tracked with the monitor
     sampling every `interval` s while the main thread sleeps. Unlike an epoch-time ratio, this
     does not drown in the noise of a shared machine."""
-    from harness.records import NEW, Decision
-    from harness.tracking import Store
+    from harness.core.records import NEW, Decision
+    from harness.track.store import Store
 
     iteration = ledger.load(ROOT / "runs.yaml").resolve("eleventh", "cpu")
     store = Store(f"sqlite:///{tmp}/monitor.db")
@@ -126,7 +127,7 @@ def measure_serving(store, run, image: bytes, calls: int = 20) -> dict:
     """Per-call seconds of one real image over REST, and in-process through pyfunc."""
     import pandas as pd
 
-    from harness.tracking import load_predictor, model_uri
+    from harness.track.store import load_predictor, model_uri
 
     uri = model_uri(store, run.run_id)
     predictor = load_predictor(store, uri)

@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from harness.data.hvc import load_hvc
-from harness.data.labels import HVC_CSV_COLUMNS
+from harness.core.labels import HVC_CSV_COLUMNS
 from harness.ledger import Iteration, validate_dict
 
 ROOT = Path(__file__).resolve().parents[1]

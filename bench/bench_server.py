@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_training import DEFAULT_DATA, measure_overhead, missing_real_data  # noqa: E402
-from harness import metrics, server  # noqa: E402
+from harness.core import metrics
+from harness.services import server  # noqa: E402
 
 TABLE_RUNS = 500
 EPOCHS = 8  # per harness run of the overhead row
@@ -71,7 +72,7 @@ def database_rows(db_uri: str, experiment_prefix: str) -> dict:
 def epoch_logging_latency(url: str) -> float:
     """Seconds one epoch's logging takes (parent and pass log_batch, lease renewal included)."""
     from harness import ledger
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     iteration = ledger.load(ROOT / "runs.yaml").resolve("eleventh", "cpu")
     store = Store(url)

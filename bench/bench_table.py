@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import metrics
+from harness.core import metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,9 @@ def epoch_values(step: int, run: int) -> dict:
 def populate(uri: str, n_runs: int) -> None:
     """Finished (and some failed) parent runs laid out as `harness run` logs them, each written
     in one go by harness.tracking.record_finished_run."""
-    from harness import ledger, records
-    from harness.tracking import Store, record_finished_run
+    from harness import ledger
+    from harness.core import records
+    from harness.track.store import Store, record_finished_run
 
     book = ledger.load(REPO / "runs.yaml")
     store = Store(uri)
@@ -92,8 +93,8 @@ def main() -> int:
             ("`harness runs`", [sys.executable, "-m", "harness.cli", "runs", "--ledger", str(REPO / "runs.yaml"),
                                 "--tracking-uri", uri], 1.5),
             ("`harness table --plot FILE.png`", base + ["--plot", str(tmp / "results.png")], None),
-            ("`python -c 'import harness.tracking'` (the MLflow import floor)",
-             [sys.executable, "-c", "import harness.tracking"], None),
+            ("`python -c 'import harness.track.store'` (the MLflow import floor)",
+             [sys.executable, "-c", "import harness.track.store"], None),
         ]
         print(f"store: {args.runs} finished/failed parent runs of runs.yaml, {EPOCHS} epochs each "
               f"(built in {built:.0f} s); {args.repeat} fresh processes per case, imports included\n")

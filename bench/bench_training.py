@@ -31,7 +31,8 @@ from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from harness import ledger, metrics  # noqa: E402
+from harness import ledger
+from harness.core import metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,9 +116,9 @@ def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8, tracking_
     from harness.data.hvc import load_hvc
     from harness.data.pipeline import make_datasets
     from harness.data.split import split
-    from harness.launch import run_iteration
+    from harness.run.launch import run_iteration
     from harness.models import build_model
-    from harness.tracking import Store
+    from harness.track.store import Store
     from harness.train import compile_model, set_seeds, train_stream
 
     changes = dict(data={"image_size": size, "cache": "memory", "limit": n},

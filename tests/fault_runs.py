@@ -68,7 +68,7 @@ def start_run(book: Path, synth: Path, folder: Path, uri: str, fault_dir: Path, 
 def check_every_metric_arrived(uri: str, work: Path) -> None:
     """One FINISHED parent and pass run; on both, each epoch metric at steps 1..3 exactly once,
     equal to the value the trainer recorded in its state.json (JSON floats round-trip exactly)."""
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     store = Store(uri)
     [parent] = store.runs("outage", "outage")

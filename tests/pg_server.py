@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from harness import server
+from harness.services import server
 
 
 def missing_postgres() -> Optional[str]:

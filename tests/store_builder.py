@@ -70,8 +70,9 @@ def history(epochs: int, seed: float) -> list[dict]:
 
 def build(folder: Path) -> dict:
     """The store in `folder`; returns folder, ledger path, uri, experiment and run ids by role."""
-    from harness import ledger, records
-    from harness.tracking import Store, record_finished_run
+    from harness import ledger
+    from harness.core import records
+    from harness.track.store import Store, record_finished_run
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "runs.yaml"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness import ledger
-from harness.data.labels import HVC_HEADS
-from harness.errors import IterationHeld
+from harness.core.labels import HVC_HEADS
+from harness.core.errors import IterationHeld
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def run_at_once(ledger_path: Path, names, data: Path, uri: str, work: Path) -> l
 
 def assert_all_finished_and_complete(uri: str, experiment: str, names) -> None:
     """Each iteration: one FINISHED parent and pass run, every epoch metric at steps 1, 2."""
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     store = Store(uri)
     for name in names:
@@ -144,7 +144,7 @@ def test_a_second_run_of_a_held_iteration_refuses_naming_the_holder_and_writes_n
         holder.kill()
         holder.wait(timeout=30)
     # the kernel released the killed holder's lock: the next run can take it
-    from harness.lease import IterationLock
+    from harness.track.leases import IterationLock
 
     with IterationLock(work, "held", "a") as lock:
         assert lock.describe_holder().endswith(f"pid {os.getpid()}, run (starting)")
@@ -154,7 +154,7 @@ def set_lease(uri: str, run_id: str, host: str, pid: int, expires: float) -> Non
     """What another machine's `harness run` writes on its run (through MLflow itself)."""
     from mlflow.tracking import MlflowClient
 
-    from harness.lease import Lease
+    from harness.track.leases import Lease
 
     MlflowClient(uri).set_tag(run_id, "harness.lease", Lease(host, pid, expires).to_tag())
 
@@ -163,9 +163,9 @@ def test_leases_on_the_store_refuse_while_live_and_are_taken_over_once_gone(tmp_
     """Two machines see each other through the run's lease tag: live (another host, not expired)
     refuses with host, pid and run id; expired, or left by a dead process on this host, is taken
     over with a line saying so, and the run resumes."""
-    from harness.lease import Lease, this_host
-    from harness.records import RESUME
-    from harness.tracking import Store
+    from harness.track.leases import Lease, this_host
+    from harness.core.records import RESUME
+    from harness.track.store import Store
 
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     book = ledger.load(write_ledger(tmp_path, "leases"))
@@ -203,8 +203,8 @@ def test_leases_on_the_store_refuse_while_live_and_are_taken_over_once_gone(tmp_
 
 
 def test_lease_is_renewed_with_each_epoch_and_outlives_slow_epochs(tmp_path, monkeypatch):
-    from harness.lease import Lease
-    from harness.tracking import Store
+    from harness.track.leases import Lease
+    from harness.track.store import Store
 
     monkeypatch.setenv("HARNESS_LEASE_SECONDS", "60")
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"

@@ -18,12 +18,12 @@ from PIL import Image
 
 from harness.data import synth
 from harness.data.cifar10 import load_cifar10, synthetic_cifar10
-from harness.data.labels import CIFAR10_CLASSES, HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS, HVC_MAJORITY_RATES
+from harness.core.labels import CIFAR10_CLASSES, HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS, HVC_MAJORITY_RATES
 from harness.data.hvc import fingerprint, load_hvc
 from harness.data.split import class_weights, split
 from harness.data.source import open_dataset
 from harness.data.split import VALIDATE_ON_TRAIN_WARNING, check_disjoint
-from harness.errors import InputError
+from harness.core.errors import InputError
 from harness.ledger import Iteration
 
 N_SYNTH = 40

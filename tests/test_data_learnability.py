@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from harness.data import synth
-from harness.data.labels import HVC_HEADS, HVC_MAJORITY_RATES
+from harness.core.labels import HVC_HEADS, HVC_MAJORITY_RATES
 from harness.data.hvc import load_hvc
 from harness.data.split import split
 from harness.ledger import Iteration

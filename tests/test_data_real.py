@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from harness.data import synth
-from harness.data.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS, HVC_MAJORITY_RATES
+from harness.core.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS, HVC_MAJORITY_RATES
 from harness.data.hvc import fingerprint, load_hvc
 from harness.data.split import split
 from harness.ledger import Iteration

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import ledger, ledgers
-from harness.errors import InputError
+from harness import ledger
+from harness.ledger import locate as ledgers
+from harness.core.errors import InputError
 from harness.models import catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +104,8 @@ def test_mlflow_info_lines_only_with_verbose(tmp_path, monkeypatch, capfd):
     assert quiet.stdout == ""
     import logging
 
-    from harness import quiet as quiet_mod
-    from harness.tracking import Store
+    from harness.core import quiet as quiet_mod
+    from harness.track.store import Store
 
     for name in ("MLFLOW_LOGGING_LEVEL", "TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS"):
         monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from harness import fast_store
-from harness.tracking import RunReader
+from harness.track import fast_store
+from harness.track.store import RunReader
 
 
 def same(a, b) -> bool:
@@ -68,7 +68,7 @@ def test_a_missing_store_reads_empty_and_is_not_created(tmp_path):
 def test_servers_go_through_the_rest_client():
     """A server URI is read by MLflow's REST client, never as a SQLite file: the client's
     reader probes the server first, so a closed port answers with the one-line refusal."""
-    from harness.errors import TrackingUnreachable
+    from harness.core.errors import TrackingUnreachable
 
     with pytest.raises(TrackingUnreachable, match="127.0.0.1:9"):
         fast_store.open_reader("http://127.0.0.1:9/", "x")

@@ -54,7 +54,7 @@ def book(tmp_path_factory):
 def histories(uri: str) -> tuple[str, str, dict]:
     """(run id, status, metric -> [(step, value)]) of the one parent run in the store; the
     epoch's wall time is the only metric allowed to differ."""
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     store = Store(uri)
     [parent] = store.runs("exact", "exact")
@@ -66,7 +66,7 @@ def histories(uri: str) -> tuple[str, str, dict]:
 @pytest.fixture(scope="module")
 def uninterrupted(book, synth, tmp_path_factory):
     """The reference: the same command, never interrupted, in this process."""
-    from harness.launch import run_iteration
+    from harness.run.launch import run_iteration
 
     folder = tmp_path_factory.mktemp("uninterrupted")
     uri = f"sqlite:///{folder}/mlflow.db"
@@ -123,7 +123,7 @@ def test_sigkill_at_each_awkward_moment_then_rerun_ends_with_one_finished_run(bo
         assert killed.returncode == -9, (fault, killed.stdout[-2000:] + killed.stderr[-2000:])
     final = harness_run(book, synth, tmp_path)
     assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     store = Store(f"sqlite:///{tmp_path}/mlflow.db")
     [parent] = store.runs("exact", "exact")

@@ -43,7 +43,7 @@ def attached(tmp_path):
     (store, run id, the artifact's file in the store's local artifact folder)."""
     from store_builder import build
 
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     built = build(tmp_path / "store")
     store = Store(built["uri"])
@@ -64,7 +64,7 @@ def test_artifact_download_works_inside_the_run(attached, tmp_path, record_prope
 def test_artifact_path_leading_out_is_refused(attached, tmp_path, path, record_property):
     record_property("expectation", f"artifact path '{path}': one line 'leads outside the run's artifacts', "
                                    f"nothing downloaded")
-    from harness.errors import InputError
+    from harness.core.errors import InputError
 
     store, run_id, _ = attached
     with pytest.raises(InputError, match="leads outside the run's artifacts"):
@@ -75,7 +75,7 @@ def test_artifact_path_leading_out_is_refused(attached, tmp_path, path, record_p
 def test_artifact_link_leading_out_of_a_local_store_is_refused(attached, tmp_path, record_property):
     record_property("expectation", "a link in a local artifact folder pointing outside it: refused before "
                                    "the copy (which would follow it), nothing downloaded")
-    from harness.errors import InputError
+    from harness.core.errors import InputError
 
     store, run_id, stored = attached
     secret = tmp_path / "secret.txt"

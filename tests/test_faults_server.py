@@ -43,7 +43,7 @@ class SqliteServer:
     started again on the same port and file after a kill. Stopped by its group's id."""
 
     def __init__(self, folder: Path):
-        from harness import server
+        from harness.services import server
 
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.port = folder, server.free_port()
@@ -51,8 +51,8 @@ class SqliteServer:
         self.process = None
 
     def start(self) -> None:
-        from harness.tracking import server_command
-        from harness.ui import wait_until_up
+        from harness.track.store import server_command
+        from harness.services.ui import wait_until_up
 
         command = server_command(f"sqlite:///{self.folder / 'mlflow.db'}", "127.0.0.1", self.port, workers=1)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import faults
+from harness.core import faults
 from harness.cli import main
 
 pytestmark = pytest.mark.faults
@@ -61,7 +61,7 @@ def handlers():
 @pytest.mark.parametrize("name, code", [("sigint", 130), ("sigterm", 143), ("sighup", 129)])
 def test_stop_signal_marks_the_run_killed_says_so_once_and_a_rerun_resumes(
         name, code, synth, tmp_path, monkeypatch, capsys, handlers):
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     ledger = tmp_path / "signals.yaml"
     ledger.write_text(SHORT)

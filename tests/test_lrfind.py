@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from harness import ledger
-from harness.lrfind import LRCurve, lr_at
+from harness.run.lrfind import LRCurve, lr_at
 
 LEDGER = """\
 experiment: tiny-lr
@@ -44,8 +44,8 @@ def test_lr_find_logs_the_curve_and_plot(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from harness.data.synth import generate
-    from harness.launch import lr_find_iteration
-    from harness.tracking import Store
+    from harness.run.launch import lr_find_iteration
+    from harness.track.store import Store
 
     data = tmp_path / "data"
     generate(data, 120, seed=2)

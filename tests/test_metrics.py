@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import metrics
-from harness.data.labels import HVC_HEADS
+from harness.core import metrics
+from harness.core.labels import HVC_HEADS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,6 +113,6 @@ def test_console_lines():
 
 
 def test_contract_imports_neither_tensorflow_nor_mlflow():
-    code = ("import sys, harness.metrics; "
+    code = ("import sys, harness.core.metrics; "
             "assert not {'tensorflow', 'keras', 'mlflow'} & set(sys.modules), 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 keras = pytest.importorskip("keras")
 
 from harness import ledger  # noqa: E402
-from harness.data.labels import heads_for  # noqa: E402
-from harness.errors import InputError  # noqa: E402
+from harness.core.labels import heads_for  # noqa: E402
+from harness.core.errors import InputError  # noqa: E402
 from harness.models import apply_freeze, build_model, count_params, list_backbones  # noqa: E402
 from harness.models import backbones, catalog  # noqa: E402
 from harness.models.backbones import Preprocess, create_backbone, register_backbone  # noqa: E402

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import ledger, metrics
-from harness.data.labels import HVC_HEADS
-from harness.records import NEW, TAG_ITERATION, TAG_SYNTHETIC, DataLineage, Decision
+from harness import ledger
+from harness.core import metrics
+from harness.core.labels import HVC_HEADS
+from harness.core.records import NEW, TAG_ITERATION, TAG_SYNTHETIC, DataLineage, Decision
 
 REAL = os.environ.get("HARNESS_HVC_REAL", "")
 HAS_REAL = bool(REAL) and (Path(REAL) / "hvc_annotations.csv").is_file()
@@ -66,8 +67,8 @@ def _heldout(folder: Path, source: Path, rows: range) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One finished smoke run; returns what the tests look at."""
-    from harness.launch import run_iteration
-    from harness.tracking import Store
+    from harness.run.launch import run_iteration
+    from harness.track.store import Store
 
     root = tmp_path_factory.mktemp("models")
     if HAS_REAL:
@@ -92,7 +93,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def champion(trained):
     """The run's model registered as version 1 with alias champion."""
-    from harness.registry import register_iteration
+    from harness.serve.registry import register_iteration
 
     lines = []
     version = register_iteration(trained["book"], "eleventh", alias="champion", tracking_uri=trained["uri"],
@@ -110,7 +111,7 @@ def cli(trained, *args):
 def pyfunc_model(trained, champion):
     import mlflow.pyfunc
 
-    from harness.tracking import _tracking_uri
+    from harness.track.store import _tracking_uri
 
     with _tracking_uri(trained["uri"]):
         return mlflow.pyfunc.load_model("models:/person-attributes@champion")
@@ -122,7 +123,7 @@ def test_a_finished_run_logs_one_pyfunc_model_with_signature_and_a_working_examp
     from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import _tracking_uri, model_uri
+    from harness.track.store import _tracking_uri, model_uri
 
     run = MlflowClient(trained["uri"]).get_run(trained["run"].run_id)
     assert len(run.outputs.model_outputs) == 1  # once per run, not per pass
@@ -156,7 +157,7 @@ def test_a_finished_run_logs_one_pyfunc_model_with_signature_and_a_working_examp
 
 
 def test_register_moves_the_alias_and_models_lists_the_version(trained, champion, capsys):
-    from harness.tracking import model_versions
+    from harness.track.store import model_versions
 
     version, lines = champion
     assert (version.name, version.version, version.aliases) == ("person-attributes", "1", ("champion",))
@@ -183,9 +184,9 @@ def test_pyfunc_labels_agree_with_eval_argmax_on_held_out_images(trained, pyfunc
     their accuracy is what `harness eval` reports on the same folder."""
     from harness.data.hvc import load_hvc
     from harness.data.pipeline import eval_dataset
-    from harness.launch import evaluate_iteration
+    from harness.run.launch import evaluate_iteration
     from harness.models import load_model
-    from harness.tracking import _tracking_uri
+    from harness.track.store import _tracking_uri
 
     folder = trained["heldout"]
     table = pd.read_csv(folder / "hvc_annotations.csv", dtype=str, keep_default_na=False)
@@ -318,7 +319,7 @@ def test_the_run_records_its_data_as_a_dataset_input_and_system_metrics(trained)
 def test_synthetic_runs_are_marked_in_their_name_and_system_metrics_stop_with_the_run(tmp_path, monkeypatch):
     """No training needed: a tracker started and failed. Its monitor samples (every 0.2 s
     here), logs on stop, and leaves no thread behind; with system metrics off nothing is logged."""
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     (tmp_path / "l.yaml").write_text(LEDGER)
@@ -343,7 +344,7 @@ def test_synthetic_runs_are_marked_in_their_name_and_system_metrics_stop_with_th
     record = store.run(quiet.run_id)
     assert record.name == "eleventh" and not [k for k in record.metrics if k.startswith(metrics.SYSTEM_PREFIX)]
 
-    from harness.cli import build_parser
+    from harness.cli.parser import build_parser
 
     assert build_parser().parse_args(["run", "eleventh", "--no-system-metrics"]).system_metrics is False
     assert build_parser().parse_args(["run", "eleventh"]).system_metrics is True
@@ -354,7 +355,7 @@ def test_image_problems_are_named():
 
     from PIL import Image
 
-    from harness.predict import image_problem
+    from harness.serve.predict import image_problem
 
     buffer = io.BytesIO()
     Image.new("RGB", (20, 20), "red").save(buffer, format="JPEG")

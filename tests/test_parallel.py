@@ -95,7 +95,7 @@ LOOPBACK_HEX = ("0100007F:", "0000000000000000FFFF00000100007F:", "0000000000000
 def ray_head():
     """One local head for the session (its start-up is paid once), with two CPUs as on CI;
     stopped at the end, and every process it started gone."""
-    from harness.parallel import start_local_head
+    from harness.run.parallel import start_local_head
 
     before = ray_processes()
     ray = start_local_head(num_cpus=2)  # before anything else imports ray (see start_local_head)
@@ -146,7 +146,7 @@ def book(tmp_path):
 
 
 def histories(uri, experiment, names, key):
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     store = Store(uri)
     found = {}
@@ -164,8 +164,8 @@ def test_the_head_listens_on_loopback_only(ray_head):
 
 
 def test_three_iterations_at_once_equal_serial_runs_and_a_failure_stops_none(ray_head, book, synth, tmp_path):
-    from harness.launch import run_iteration
-    from harness.parallel import run_parallel
+    from harness.run.launch import run_iteration
+    from harness.run.parallel import run_parallel
 
     uri, lines = f"sqlite:///{tmp_path}/ray/mlflow.db", []
     code = run_parallel(book, ["a", "b", "c", "broken"], profile="smoke", data_dir=str(synth), tracking_uri=uri,
@@ -198,9 +198,9 @@ def test_three_iterations_at_once_equal_serial_runs_and_a_failure_stops_none(ray
 
 
 def test_ctrl_c_cancels_the_tasks_and_the_same_command_resumes_them(ray_head, book, synth, tmp_path):
-    from harness.parallel import run_parallel
-    from harness.settings import work_dir
-    from harness.tracking import Store
+    from harness.run.parallel import run_parallel
+    from harness.core.settings import work_dir
+    from harness.track.store import Store
 
     uri, work, names = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "work", ["long1", "long2"]
 

@@ -36,8 +36,8 @@ iterations:
 
 
 def test_a_short_seeded_run_on_real_images_beats_majority_on_gender(tmp_path):
-    from harness.launch import run_iteration
-    from harness.tracking import Store
+    from harness.run.launch import run_iteration
+    from harness.track.store import Store
 
     path = tmp_path / "real.yaml"
     path.write_text(SHORT)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness import ledger
-from harness.data.labels import HVC_HEADS
+from harness.core.labels import HVC_HEADS
 
 TINY = """\
 experiment: tiny-ref
@@ -54,7 +54,7 @@ def store_uri(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def references(book, synth, store_uri):
-    from harness.reference import run_references
+    from harness.run.reference import run_references
 
     lines = []
     run_ids = run_references(book, data_dir=str(synth), tracking_uri=store_uri, log=lines.append)
@@ -62,7 +62,7 @@ def references(book, synth, store_uri):
 
 
 def test_reference_runs_are_logged_per_split_with_the_iteration_metric_names(book, store_uri, references):
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     run_ids, lines = references
     assert len(run_ids) == 4  # two splits (seed 1, seed 7) x two references; none for validate-on-train
@@ -87,8 +87,8 @@ def test_reference_runs_are_logged_per_split_with_the_iteration_metric_names(boo
 def test_majority_reference_scores_the_most_frequent_training_class(book, synth, store_uri, references):
     from harness.data.hvc import load_hvc
     from harness.data.split import split
-    from harness.reference import majority_accuracy
-    from harness.tracking import Store
+    from harness.run.reference import majority_accuracy
+    from harness.track.store import Store
 
     run_ids, _ = references
     table = load_hvc(synth)
@@ -105,8 +105,8 @@ def test_majority_reference_scores_the_most_frequent_training_class(book, synth,
 
 
 def test_a_run_on_the_same_split_is_judged_against_the_probe(book, synth, store_uri, references):
-    from harness.launch import run_iteration
-    from harness.tracking import Store
+    from harness.run.launch import run_iteration
+    from harness.track.store import Store
 
     run_ids, _ = references
     lines = []
@@ -128,7 +128,7 @@ def test_heads_with_equal_class_counts_get_their_own_accuracy(book, synth):
     from harness.data.hvc import load_hvc
     from harness.data.pipeline import make_datasets
     from harness.data.split import split
-    from harness.metrics import from_keras_logs
+    from harness.core.metrics import from_keras_logs
     from harness.train import compile_model, val_stream
     from harness.train.loop import new_model, predict_classes
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import ledger, report
+from harness import ledger
+from harness.report import table as report
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -97,7 +98,7 @@ def build_smoke_store(tmp_path_factory) -> dict:
     if _SMOKE:
         return _SMOKE
     from harness.data.synth import generate
-    from harness.launch import run_iteration
+    from harness.run.launch import run_iteration
 
     folder = tmp_path_factory.mktemp("report")
     data = folder / "data"
@@ -234,7 +235,7 @@ def readme_block(readme: Path) -> str:
 
 @pytest.mark.slow  # the smoke store trains two iterations
 def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     folder = smoke_store["folder"]
     readme = folder / "README.md"
@@ -273,8 +274,8 @@ def test_table_golden_readme_idempotent_no_tensorflow(smoke_store, tmp_path):
 
 @pytest.mark.slow
 def test_gender_numbers_are_mlflows_and_rows_are_current_stale_not_run(smoke_store):
-    from harness.fast_store import open_reader
-    from harness.tracking import Store
+    from harness.track.fast_store import open_reader
+    from harness.track.store import Store
 
     book = ledger.load(smoke_store["folder"] / "runs.yaml")
     rows = report.collect(book, open_reader(smoke_store["uri"], book.experiment).latest_finished)
@@ -311,7 +312,7 @@ def test_runs_yaml_first_lists_the_two_fixes_and_reads_not_run_without_runs():
 
 
 def record(run_id, start, sha, profile="full", status="FINISHED", **metrics):
-    from harness.records import RunRecord
+    from harness.core.records import RunRecord
 
     return RunRecord(run_id=run_id, name=run_id, status=status, start_time=start,
                      tags={"harness.config_sha": sha, "harness.profile": profile}, metrics=metrics)
@@ -429,7 +430,7 @@ def test_readme_block_refresh_is_idempotent_and_needs_markers(tmp_path):
 
 
 def test_table_over_a_missing_store_reads_not_run_and_creates_nothing(tmp_path, v2_book):
-    from harness.tracking import RunReader
+    from harness.track.store import RunReader
 
     uri = f"sqlite:///{tmp_path}/nowhere/mlflow.db"
     rows = report.collect(v2_book, RunReader(uri, v2_book.experiment).latest_finished)
@@ -461,8 +462,8 @@ def test_readme_only_for_the_default_ledger(tmp_path, monkeypatch, v2_book):
 
 
 def test_ui_command_binds_loopback_and_serves_the_artifact_root(tmp_path):
-    from harness.cli import build_parser
-    from harness.tracking import server_command
+    from harness.cli.parser import build_parser
+    from harness.track.store import server_command
 
     args = build_parser().parse_args(["ui"])
     assert (args.host, args.port) == ("127.0.0.1", 5000)

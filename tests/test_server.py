@@ -45,7 +45,7 @@ def status_of(path: str) -> str:
 
 
 def test_server_runs_postgres_and_mlflow_on_loopback_with_pid_files(team_server):
-    from harness import server
+    from harness.services import server
 
     folder = team_server.folder
     assert server.running_pid(folder.mlflow_pid, "mlflow") == team_server.mlflow_pid
@@ -91,8 +91,8 @@ def test_every_command_works_against_the_server(team_server, synth, tmp_path, mo
     """run (interrupted by Ctrl-C after an epoch, then resumed), --all, eval, lr-find, reference,
     table and ui, all through http://...: the same layout as on SQLite, artifacts through the server's proxy."""
     from harness import cli
-    from harness.launch import evaluate_iteration, lr_find_iteration, run_iteration
-    from harness.tracking import Store
+    from harness.run.launch import evaluate_iteration, lr_find_iteration, run_iteration
+    from harness.track.store import Store
 
     url, work = team_server.url, tmp_path / "work"
     path = tmp_path / "tiny.yaml"
@@ -178,8 +178,9 @@ def test_a_second_server_on_an_existing_database_with_basic_auth_then_stop(team_
     same database. `harness server --stop` stops it by PID."""
     import base64
 
-    from harness import cli, server
-    from harness.tracking import Store
+    from harness import cli
+    from harness.services import server
+    from harness.track.store import Store
 
     folder = tmp_path / "second"
     folder.mkdir()

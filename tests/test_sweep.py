@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from harness import cli, ledger
-from harness.sweep_space import changes_for, load_space
+from harness.ledger.space import changes_for, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def study_of(root: Path, name: str):
 def mlflow_runs(root: Path, kind: str):
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     experiment = Store(uri(root)).experiment_id("sweepy", create=False)
     return MlflowClient(uri(root)).search_runs([experiment], f"tags.`harness.kind` = '{kind}'")
@@ -89,7 +89,7 @@ def mlflow_runs(root: Path, kind: str):
 @pytest.fixture(scope="module")
 def swept(folder):
     """A 4-trial sweep of `base`, in this process, that prunes: median rule from the second trial."""
-    from harness.sweep import plan_sweep, run_sweep
+    from harness.sweep.plan import plan_sweep, run_sweep
 
     book = ledger.load(folder / "sweep.yaml")
     lines = []
@@ -147,7 +147,7 @@ def test_four_trials_with_pruning_log_one_parent_and_four_children(folder, swept
 
 
 def test_the_results_table_ignores_sweep_runs(folder, swept):
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     assert Store(uri(folder)).runs("sweepy") == []
     assert Store(uri(folder)).latest_finished("sweepy", "base") is None
@@ -264,7 +264,7 @@ def test_sigkilled_sweep_resumes_its_trial_when_rerun(folder, capsys):
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["harness.retry_of"] == "0"
     assert run.data.tags["harness.trial"] == "1" and study.trials[1].user_attrs["harness.run"] == run.info.run_id
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     assert [p.step for p in Store(uri(folder)).metric_history(run.info.run_id, "loss")] == [1, 2]
     assert sorted(study.trials[1].intermediate_values) == [1, 2]

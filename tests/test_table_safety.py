@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from harness import committed, ledger, report
+from harness.report import committed, table as report
+from harness import ledger
 from harness.cli import main
 
 from store_builder import (BASE_BACC, BASE_MEAN_BACC, BASE_SELECTED, FIRST_BEST, MAJORITY_A, MAJORITY_C, PROBE_A,
@@ -81,7 +82,7 @@ def test_a_fresh_clone_keeps_the_committed_rows(records_store, project, tmp_path
 
     # The clone trains base: an older run than the committed one changes nothing, a newer one replaces it.
     from store_builder import history
-    from harness.tracking import Store, record_finished_run
+    from harness.track.store import Store, record_finished_run
 
     store, book = Store(f"sqlite:///{clone}/mlruns/mlflow.db"), ledger.load("runs.yaml")
     summary = {"selected_val_gender_acc": 0.7777, "selected_epoch": 2}

@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 
 from harness import ledger
-from harness.records import NEW, RESUME, SKIP, Decision, RunRecord
-from harness.settings import WorkDir, work_dir
+from harness.core.records import NEW, RESUME, SKIP, Decision, RunRecord
+from harness.core.settings import WorkDir, work_dir
 
 ITERATION = {"name": "one", "passes": [{"epochs": 1}], "data": {"name": "hvc", "image_size": 32},
              "backbone": {"name": "custom"}}
 
 
 def test_resolve_uri_flag_env_default_and_creates_nothing(tmp_path, monkeypatch):
-    from harness.tracking import resolve_uri, store_exists
+    from harness.track.store import resolve_uri, store_exists
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -38,7 +38,7 @@ def test_work_dir_flag_env_default(tmp_path, monkeypatch):
 
 
 def test_begin_answers_new_resume_or_skip_and_hands_out_records(tmp_path):
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     store = Store(f"sqlite:///{tmp_path}/store/mlflow.db")
     iteration = ledger.validate_dict(ITERATION)
@@ -78,7 +78,7 @@ def test_begin_answers_new_resume_or_skip_and_hands_out_records(tmp_path):
 
 
 def test_reader_over_a_missing_store_is_empty_and_creates_nothing(tmp_path):
-    from harness.tracking import RunReader
+    from harness.track.store import RunReader
 
     reader = RunReader(f"sqlite:///{tmp_path}/none/mlflow.db", "exp")
     assert reader.latest_finished("one") is None

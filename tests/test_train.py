@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from harness import ledger
-from harness.data.labels import HVC_HEADS
-from harness.settings import work_dir
+from harness.core.labels import HVC_HEADS
+from harness.core.settings import work_dir
 
 pytestmark = pytest.mark.slow  # trains models: left out by `make test-fast`
 
@@ -109,7 +109,7 @@ def store_uri(tmp_path):
 
 
 def run(book, name, synth, uri, **kwargs):
-    from harness.launch import run_iteration
+    from harness.run.launch import run_iteration
 
     lines = []
     code = run_iteration(book, name, profile=kwargs.pop("profile", "full"), data_dir=str(synth),
@@ -118,7 +118,7 @@ def run(book, name, synth, uri, **kwargs):
 
 
 def parents(uri, name):
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     store = Store(uri)
     return store, store.runs("tiny", name)
@@ -244,7 +244,7 @@ def test_class_weighting_trains(book, synth, store_uri):
 
 
 def test_eval_scores_another_folder(book, synth, other_synth, store_uri):
-    from harness.launch import evaluate_iteration
+    from harness.run.launch import evaluate_iteration
 
     run(book, "one", synth, store_uri)
     result = evaluate_iteration(book, "one", data_dir=str(other_synth), tracking_uri=store_uri)
@@ -260,7 +260,7 @@ def test_eval_scores_another_folder(book, synth, other_synth, store_uri):
 
 def test_selected_checkpoint_summary_equals_a_fresh_eval_of_the_validation_split(book, synth, store_uri):
     """One meaning of "best": the run's selected_* summary is what `harness eval` measures anew."""
-    from harness.launch import evaluate_iteration
+    from harness.run.launch import evaluate_iteration
 
     run(book, "two", synth, store_uri)
     store, runs = parents(store_uri, "two")
@@ -274,7 +274,7 @@ def test_selected_checkpoint_summary_equals_a_fresh_eval_of_the_validation_split
 def test_eval_warns_when_the_folder_holds_training_images(book, synth, store_uri, tmp_path):
     import shutil
 
-    from harness.launch import evaluate_iteration
+    from harness.run.launch import evaluate_iteration
 
     run(book, "one", synth, store_uri)
     copy = tmp_path / "copy"
@@ -354,8 +354,8 @@ def test_sigkill_then_rerun_resumes_the_same_run(book, synth, tmp_path, store_ur
 
 
 def test_changed_config_is_not_resumed(book, synth, tmp_path, store_uri):
-    from harness.records import NEW, Decision
-    from harness.tracking import Store
+    from harness.core.records import NEW, Decision
+    from harness.track.store import Store
 
     # an unfinished run of `one` from an older config: open it and leave it RUNNING
     store = Store(store_uri)
@@ -372,7 +372,7 @@ def test_changed_config_is_not_resumed(book, synth, tmp_path, store_uri):
 
 
 def test_feature_cache_matches_the_image_path_and_saves_the_whole_model(book, synth, other_synth, store_uri):
-    from harness.launch import evaluate_iteration
+    from harness.run.launch import evaluate_iteration
 
     code, cached_lines = run(book, "frozen", synth, store_uri)
     assert code == 0
@@ -479,7 +479,7 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
 
 
 def test_pass_header_names_freeze_rules_that_match_no_layer(book):
-    from harness.launch import ConsoleReporter
+    from harness.run.launch import ConsoleReporter
     from harness.models import FreezeSummary
 
     class Tracker:

@@ -60,7 +60,7 @@ def write_ledger(folder: Path, workers: int) -> Path:
 
 def epoch_values(worker: int, step: int) -> dict:
     """The 36 per-epoch metrics of an hvc run, each value unique to (worker, step, metric)."""
-    from harness import metrics
+    from harness.core import metrics
 
     names = metrics.epoch_metric_names("hvc") + [metrics.LR, metrics.EPOCH_SECONDS]
     return {name: worker + step * 1e-3 + k * 1e-7 for k, name in enumerate(names)}
@@ -81,7 +81,7 @@ class RetryCount(logging.Handler):
 def setup(index: int, uri: str, experiment: str, book: Path):
     """A worker's new parent run and its pass run, as `harness run` opens them: the tracker."""
     from harness import ledger
-    from harness.tracking import Store
+    from harness.track.store import Store
 
     iteration = ledger.load(book).resolve(f"load-{index}", "cpu")
     store = Store(uri)
@@ -156,10 +156,10 @@ def _wait_ready(ready_r: int, workers: int) -> int:
 
 def generate(uri: str, workers: int, seconds: float, folder: Path, experiment: str = "load") -> dict:
     """Fork the workers, start them together, wait; their results and the setup time."""
-    from harness import quiet
+    from harness.core import quiet
 
     quiet.configure()  # MLflow's INFO lines off, as in any harness command (before it is imported)
-    importlib.import_module("harness.tracking")  # once, before the fork: the point of forking
+    importlib.import_module("harness.track.store")  # once, before the fork: the point of forking
 
     book = write_ledger(folder, workers)
     pipes = os.pipe() + os.pipe()

@@ -20,9 +20,9 @@ from typing import Optional, Union
 
 import numpy as np
 
-from harness.data.labels import CIFAR10_CLASSES
+from harness.core.labels import CIFAR10_CLASSES
 from harness.data.table import ArrayTable
-from harness.errors import InputError
+from harness.core.errors import InputError
 
 FOLDER_NAME = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from harness.data.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS
+from harness.core.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS
 from harness.data.table import HvcTable, SkippedRow
-from harness.errors import InputError
+from harness.core.errors import InputError
 
 CSV_NAME = "hvc_annotations.csv"
 # More bad rows than this are summarised in one extra line instead of listed.

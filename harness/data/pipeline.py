@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from harness.data.augment import augment_batch
-from harness.data.labels import output_name
+from harness.core.labels import output_name
 
 DEFAULT_CACHE_DIR = "cache"
 

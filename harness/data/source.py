@@ -54,7 +54,7 @@ def open_dataset(iteration, data_dir: Optional[Union[str, Path]] = None, skip_ba
 def lineage(table, train_rows, val_rows):
     """What the run's MLflow dataset input records about its data (harness.records.DataLineage)."""
     from harness.data.synth import is_synthetic
-    from harness.records import DataLineage
+    from harness.core.records import DataLineage
 
     folder = getattr(table, "folder", None)
     source = str(folder) if folder is not None else str(getattr(table, "source", table.name))

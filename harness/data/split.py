@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from harness.errors import InputError
-from harness.metrics import primary_head
+from harness.core.errors import InputError
+from harness.core.metrics import primary_head
 
 VALIDATE_ON_TRAIN_WARNING = (
     "WARNING validate_on_train: validation uses the training images (the notes' valid_gen "

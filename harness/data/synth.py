@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from harness.data.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS
-from harness.errors import InputError
+from harness.core.labels import HVC_CSV_COLUMNS, HVC_CSV_HEADER, HVC_HEADS
+from harness.core.errors import InputError
 
 SIZE = 224
 DEFAULT_N = 2000

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import keras
 from keras import layers
 
-from harness.errors import InputError
+from harness.core.errors import InputError
 from harness.models import catalog
 
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}

@@ -28,8 +28,8 @@ from typing import Optional
 import keras
 from keras import layers
 
-from harness.data.labels import heads_for, output_name
-from harness.errors import InputError
+from harness.core.labels import heads_for, output_name
+from harness.core.errors import InputError
 from harness.models.backbones import create_backbone, preprocessing_layer
 from harness.models.freeze import apply_freeze, policy_for
 

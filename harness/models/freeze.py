@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence, Union
 
 import keras
 
-from harness.errors import InputError
+from harness.core.errors import InputError
 from harness.models.backbones import BACKBONE_NAME
 
 

@@ -32,8 +32,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from harness import faults, metrics
-from harness.errors import CorruptState
+from harness.core import faults, metrics
+from harness.core.errors import CorruptState
 from harness.train.rng import generator_states
 
 STATE_FILE = "state.json"

@@ -8,8 +8,8 @@ switch), `train_stream` (the endless training stream from an epoch, class weight
 
 from __future__ import annotations
 
-from harness import metrics
-from harness.data.labels import heads_for, output_name
+from harness.core import metrics
+from harness.core.labels import heads_for, output_name
 from harness.ledger import Iteration, PassConfig
 
 # Keras name of a metric kind (harness.metrics.KINDS) -> a factory of the keras.metrics.Metric

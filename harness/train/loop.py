@@ -18,8 +18,8 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from harness import faults, metrics
-from harness.data.labels import output_name
+from harness.core import faults, metrics
+from harness.core.labels import output_name
 from harness.ledger import Iteration, PassConfig
 from harness.train import feature_cache, progress
 from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot, save_last_good, save_pass_models,
