@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness.ledger import Iteration, PassConfig, diff
+from harness.ledger.schema import Iteration, PassConfig
+from harness.ledger.diffing import diff
 
 ARROW = "→"
 

@@ -19,7 +19,9 @@ from pathlib import Path
 import yaml
 
 from harness.core.errors import InputError
-from harness.ledger import SWEEP_KEY, Ledger, LedgerError, load
+from harness.ledger.loader import SWEEP_KEY
+from harness.ledger.book import Ledger, load
+from harness.ledger.schema import LedgerError
 from harness.ledger.space import changes_for, value_at
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")

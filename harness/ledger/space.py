@@ -27,12 +27,17 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from pydantic import BaseModel
 
-from harness.ledger import (DESCRIPTIVE_KEYS, SWEEP_KEY, Iteration, Ledger, LedgerError, load_yaml,
-                            suggest_name, with_changes)
+from harness.ledger.schema import DESCRIPTIVE_KEYS, Iteration, LedgerError
+from harness.ledger.loader import SWEEP_KEY, load_yaml
+from harness.ledger.suggest import suggest_name
+from harness.ledger.resolve import with_changes
+
+if TYPE_CHECKING:  # the Ledger calls space_errors: at run time this module never imports it
+    from harness.ledger.book import Ledger
 
 FLOAT_KINDS = ("uniform", "log_uniform")
 INT_KINDS = ("int", "log_int")

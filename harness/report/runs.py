@@ -41,7 +41,7 @@ def duration(record: RunRecord, now_ms: Optional[int] = None) -> str:
 def total_epochs(book, record: RunRecord) -> Optional[int]:
     """The epochs the run's iteration has under the run's profile (None when the ledger no
     longer resolves it so)."""
-    from harness.ledger import LedgerError
+    from harness.ledger.schema import LedgerError
 
     try:
         return book.resolve(record.iteration, record.profile).total_epochs

@@ -34,7 +34,9 @@ from typing import Optional
 
 from harness.core import metrics
 from harness.core.errors import InputError
-from harness.ledger import Iteration, Ledger, flatten
+from harness.ledger.schema import Iteration
+from harness.ledger.book import Ledger
+from harness.ledger.diffing import flatten
 from harness.ledger.space import Space, load_space, space_from_dict
 from harness.sweep.trial import (ATTR_METRIC, ATTR_PARENT_RUN, ATTR_RUN, ATTR_SPACE, Plan, describe_values,
                                  quiet_optuna)

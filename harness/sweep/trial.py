@@ -15,7 +15,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-from harness.ledger import Iteration, Ledger
+from harness.ledger.schema import Iteration
+from harness.ledger.book import Ledger
 from harness.core.records import (FAILED, KILLED, KIND_TRIAL, NEW, RESUME, TAG_KIND, TAG_RETRY_OF, TAG_STUDY,
                                   TAG_SWEEP, TAG_TRIAL, Decision)
 from harness.ledger.space import Space, changes_for

@@ -18,7 +18,7 @@ from typing import Optional
 import yaml
 
 from harness.core.errors import InputError
-from harness.ledger import LedgerError
+from harness.ledger.schema import LedgerError
 from harness.core.records import FINISHED, KIND_SWEEP, TAG_ITERATION, TAG_KIND, TAG_STORAGE, TAG_STUDY, TAG_SWEEP
 from harness.sweep.claims import TrialClaims, TrialRetry
 from harness.sweep.storage import open_storage, redact, sqlite_file

@@ -53,7 +53,8 @@ from harness.core import faults, guards, metrics
 from harness.track import remote, store_check
 from harness.core.errors import InputError, StoreUnusable
 from harness.track.leases import Lease, check_running, lines
-from harness.ledger import Iteration, flatten
+from harness.ledger.schema import Iteration
+from harness.ledger.diffing import flatten
 from harness.core.records import (EXPERIMENT_KIND_TRAINING, FAILED, FINISHED, KILLED, KIND_ITERATION, KIND_LR_FIND,
                                   KIND_PASS, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_DATA,
                                   TAG_DATA_DIR, TAG_EXPERIMENT_KIND, TAG_EXTENDS, TAG_FAILURE_REASON,

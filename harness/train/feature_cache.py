@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness.ledger import Iteration
+from harness.ledger.schema import Iteration
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.core import faults, metrics
 from harness.core.labels import output_name
-from harness.ledger import Iteration, PassConfig
+from harness.ledger.schema import Iteration, PassConfig
 from harness.train import feature_cache, progress
 from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot, save_last_good, save_pass_models,
                                        save_snapshot)
