@@ -71,7 +71,8 @@ def _short_run(folder: Path, tmp: Path, name: str, epochs: int, system_metrics: 
 
 def measure_logging(store, run, tmp: Path, repeat: int = 3) -> list[float]:
     """Seconds of RunTracker.log_model for the run's checkpoint, each into a new run."""
-    from harness.serve.predict import ModelCard
+    from harness.serve.model import output_types
+    from harness.serve.predict import ModelCard, input_frame
     from harness.core.records import NEW, Decision
 
     book_iteration = ledger.load(ROOT / "runs.yaml").resolve("eleventh", "cpu")
@@ -82,7 +83,7 @@ def measure_logging(store, run, tmp: Path, repeat: int = 3) -> list[float]:
         tracker = store.start(Decision(NEW), "bench-model-log", book_iteration, {})
         card = ModelCard.of(book_iteration, tracker.run_id, "cpu", run.data_fingerprint, 1)
         start = time.perf_counter()
-        tracker.log_model(checkpoint, card, example, step=1)
+        tracker.log_model(checkpoint, card, input_frame([example]), output_types(card), step=1)
         seconds.append(time.perf_counter() - start)
         tracker.fail("benchmark run")
     return seconds
@@ -127,7 +128,7 @@ def measure_serving(store, run, image: bytes, calls: int = 20) -> dict:
     """Per-call seconds of one real image over REST, and in-process through pyfunc."""
     import pandas as pd
 
-    from harness.track.store import load_predictor, model_uri
+    from harness.track.models import load_predictor, model_uri
 
     uri = model_uri(store, run.run_id)
     predictor = load_predictor(store, uri)

@@ -43,7 +43,8 @@ def populate(uri: str, n_runs: int) -> None:
     in one go by harness.tracking.record_finished_run."""
     from harness import ledger
     from harness.core import records
-    from harness.track.store import Store, record_finished_run
+    from harness.track.store import Store
+    from harness.track.finished import record_finished_run
 
     book = ledger.load(REPO / "runs.yaml")
     store = Store(uri)

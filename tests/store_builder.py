@@ -72,7 +72,8 @@ def build(folder: Path) -> dict:
     """The store in `folder`; returns folder, ledger path, uri, experiment and run ids by role."""
     from harness import ledger
     from harness.core import records
-    from harness.track.store import Store, record_finished_run
+    from harness.track.store import Store
+    from harness.track.finished import record_finished_run
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "runs.yaml"

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from harness.track import fast_store
-from harness.track.store import RunReader
+from harness.track.reader import RunReader
 
 
 def same(a, b) -> bool:

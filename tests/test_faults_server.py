@@ -51,7 +51,7 @@ class SqliteServer:
         self.process = None
 
     def start(self) -> None:
-        from harness.track.store import server_command
+        from harness.track.uris import server_command
         from harness.services.ui import wait_until_up
 
         command = server_command(f"sqlite:///{self.folder / 'mlflow.db'}", "127.0.0.1", self.port, workers=1)

@@ -111,7 +111,7 @@ def cli(trained, *args):
 def pyfunc_model(trained, champion):
     import mlflow.pyfunc
 
-    from harness.track.store import _tracking_uri
+    from harness.track.models import _tracking_uri
 
     with _tracking_uri(trained["uri"]):
         return mlflow.pyfunc.load_model("models:/person-attributes@champion")
@@ -123,7 +123,7 @@ def test_a_finished_run_logs_one_pyfunc_model_with_signature_and_a_working_examp
     from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 
-    from harness.track.store import _tracking_uri, model_uri
+    from harness.track.models import _tracking_uri, model_uri
 
     run = MlflowClient(trained["uri"]).get_run(trained["run"].run_id)
     assert len(run.outputs.model_outputs) == 1  # once per run, not per pass
@@ -157,7 +157,7 @@ def test_a_finished_run_logs_one_pyfunc_model_with_signature_and_a_working_examp
 
 
 def test_register_moves_the_alias_and_models_lists_the_version(trained, champion, capsys):
-    from harness.track.store import model_versions
+    from harness.track.models import model_versions
 
     version, lines = champion
     assert (version.name, version.version, version.aliases) == ("person-attributes", "1", ("champion",))
@@ -186,7 +186,7 @@ def test_pyfunc_labels_agree_with_eval_argmax_on_held_out_images(trained, pyfunc
     from harness.data.pipeline import eval_dataset
     from harness.run.launch import evaluate_iteration
     from harness.models import load_model
-    from harness.track.store import _tracking_uri
+    from harness.track.models import _tracking_uri
 
     folder = trained["heldout"]
     table = pd.read_csv(folder / "hvc_annotations.csv", dtype=str, keep_default_na=False)

@@ -430,7 +430,7 @@ def test_readme_block_refresh_is_idempotent_and_needs_markers(tmp_path):
 
 
 def test_table_over_a_missing_store_reads_not_run_and_creates_nothing(tmp_path, v2_book):
-    from harness.track.store import RunReader
+    from harness.track.reader import RunReader
 
     uri = f"sqlite:///{tmp_path}/nowhere/mlflow.db"
     rows = report.collect(v2_book, RunReader(uri, v2_book.experiment).latest_finished)
@@ -463,7 +463,7 @@ def test_readme_only_for_the_default_ledger(tmp_path, monkeypatch, v2_book):
 
 def test_ui_command_binds_loopback_and_serves_the_artifact_root(tmp_path):
     from harness.cli.parser import build_parser
-    from harness.track.store import server_command
+    from harness.track.uris import server_command
 
     args = build_parser().parse_args(["ui"])
     assert (args.host, args.port) == ("127.0.0.1", 5000)

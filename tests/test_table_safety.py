@@ -82,7 +82,8 @@ def test_a_fresh_clone_keeps_the_committed_rows(records_store, project, tmp_path
 
     # The clone trains base: an older run than the committed one changes nothing, a newer one replaces it.
     from store_builder import history
-    from harness.track.store import Store, record_finished_run
+    from harness.track.store import Store
+    from harness.track.finished import record_finished_run
 
     store, book = Store(f"sqlite:///{clone}/mlruns/mlflow.db"), ledger.load("runs.yaml")
     summary = {"selected_val_gender_acc": 0.7777, "selected_epoch": 2}

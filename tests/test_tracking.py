@@ -14,7 +14,7 @@ ITERATION = {"name": "one", "passes": [{"epochs": 1}], "data": {"name": "hvc", "
 
 
 def test_resolve_uri_flag_env_default_and_creates_nothing(tmp_path, monkeypatch):
-    from harness.track.store import resolve_uri, store_exists
+    from harness.track.uris import resolve_uri, store_exists
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -78,7 +78,7 @@ def test_begin_answers_new_resume_or_skip_and_hands_out_records(tmp_path):
 
 
 def test_reader_over_a_missing_store_is_empty_and_creates_nothing(tmp_path):
-    from harness.track.store import RunReader
+    from harness.track.reader import RunReader
 
     reader = RunReader(f"sqlite:///{tmp_path}/none/mlflow.db", "exp")
     assert reader.latest_finished("one") is None

@@ -276,7 +276,7 @@ def _halted(exc: BaseException, name: str, tracker, uri: str, folder: Path, stat
     folder's or the store's), a tracking server gone past MLflow's retries, a SQLite store locked
     past its busy timeout; None for anything else (a bug: the run is failed, with a traceback).
     Not `marking` after training: the final logging marks the run itself (log_final_model)."""
-    from harness.track.store import server_lost, store_full, store_locked
+    from harness.track.failures import server_lost, store_full, store_locked
 
     full = store_full(exc, uri)
     if full is not None or is_disk_full(exc):
@@ -337,16 +337,18 @@ def _server_lost(name: str, tracker, uri: str, folder: Path, state) -> TrackingL
 def log_final_model(prepared: Prepared, tracker, checkpoint: Path, selected_epoch: Optional[int], log) -> None:
     """The run's selected checkpoint as an MLflow Model, once, before the run is marked finished.
     If logging fails the run is left KILLED, so the same command resumes it and logs it again."""
-    from harness.serve.predict import ModelCard, example_image
+    from harness.serve.model import example_frame, output_types
+    from harness.serve.predict import ModelCard
 
     if not Path(checkpoint).exists():
         return
     card = ModelCard.of(prepared.iteration, tracker.run_id, prepared.profile, str(getattr(prepared.table, "fingerprint", "")),
                         selected_epoch)
     try:
-        tracker.log_model(checkpoint, card, example_image(prepared.table, prepared.parts.val), step=int(selected_epoch or 0))
+        tracker.log_model(checkpoint, card, example_frame(prepared.table, prepared.parts.val), output_types(card),
+                          step=int(selected_epoch or 0))
     except Exception as exc:
-        from harness.track.store import unmarkable
+        from harness.track.failures import unmarkable
 
         if not unmarkable(exc):  # marking the run would wait out the same retries or lock again
             tracker.fail(f"logging the model failed: {type(exc).__name__}: {exc}", status=KILLED)
@@ -478,7 +480,8 @@ def lr_find_iteration(book, name: str, *, profile: Optional[str] = None, data_di
     from harness.run import lrfind
     from harness.track.plots import close
     from harness.core.settings import work_dir as resolve_work_dir
-    from harness.track.store import Store, log_lr_find
+    from harness.track.store import Store
+    from harness.track.finished import log_lr_find
 
     if steps < 5:
         raise InputError(f"lr-find: --steps must be at least 5 (got {steps})")

@@ -204,7 +204,8 @@ def run_parallel(book, names: list[str], address: Optional[str] = AUTO, *, profi
     if not ray_installed():
         require_ray()
     from harness.core.settings import work_dir as resolve_work_dir
-    from harness.track.store import Store, resolve_uri
+    from harness.track.store import Store
+    from harness.track.uris import resolve_uri
 
     uri = resolve_uri(tracking_uri, create=True)
     work = resolve_work_dir(work_dir)

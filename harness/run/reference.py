@@ -131,7 +131,8 @@ def run_references(book, *, data_dir: Optional[str] = None, profile: Optional[st
     from harness.data.source import open_dataset
     from harness.data.split import split, split_key
     from harness.data.synth import is_synthetic
-    from harness.track.store import Store, log_reference
+    from harness.track.store import Store
+    from harness.track.finished import log_reference
 
     tables, work = {}, []
     for (dataset, limit, fraction, seed), name in splits_of(book, profile).items():

@@ -35,7 +35,8 @@ def _finished_run(store, book, iteration: str) -> RunRecord:
 def register_iteration(book, iteration: str, *, alias: Optional[str] = None, tracking_uri: Optional[str] = None,
                        log=print) -> ModelVersionRecord:
     """The latest finished run of `iteration` registered under the ledger's experiment name."""
-    from harness.track.store import Store, register
+    from harness.track.store import Store
+    from harness.track.models import register
 
     store = Store(tracking_uri)
     run = _finished_run(store, book, iteration)
@@ -72,7 +73,9 @@ def list_models(book, *, tracking_uri: Optional[str] = None, as_json: bool = Fal
     from tabulate import tabulate
 
     out = out or sys.stdout
-    from harness.track.store import Store, model_versions, store_exists
+    from harness.track.store import Store
+    from harness.track.models import model_versions
+    from harness.track.uris import store_exists
 
     versions = model_versions(Store(tracking_uri), book.experiment) if store_exists(tracking_uri) else []
     rows = [_row(version) for version in versions]
@@ -96,7 +99,7 @@ def _row(version: ModelVersionRecord) -> dict:
 
 def model_uri_for(store, book_loader, target: str) -> str:
     """A models:/ or runs:/ URI as given; an iteration name -> its latest finished run's model."""
-    from harness.track.store import model_uri
+    from harness.track.models import model_uri
 
     if target.startswith(URI_SCHEMES):
         return target
@@ -114,7 +117,8 @@ def predict(target: str, paths: list[str], *, book_loader, tracking_uri: Optiona
     """Each image's label and probability per head; bad images named with the reason on stderr.
     Exit code 1 when any image failed, 0 otherwise; a path that does not exist is bad input."""
     from harness.serve.predict import as_json as json_rows, collect, describe_row, predict_files
-    from harness.track.store import Store, load_predictor
+    from harness.track.store import Store
+    from harness.track.models import load_predictor
 
     err = err or (lambda line: print(line, file=sys.stderr))
     inputs = collect(paths)

@@ -85,7 +85,8 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
             f"nothing started here)")
         return 0
     from harness.core.quiet import is_verbose
-    from harness.track.store import Store, artifact_root, mark_harness_experiments, resolve_uri, server_command
+    from harness.track.store import Store, mark_harness_experiments
+    from harness.track.uris import artifact_root, resolve_uri, server_command
 
     if not 0 < port < 65536:
         raise InputError(f"harness ui: --port {port} is not a TCP port")

@@ -69,7 +69,7 @@ def plan_sweep(book: Ledger, name: str, *, trials: Optional[int], space_file=Non
     """Every check before anything is written: ledger, space, arguments, data (exit 2)."""
     from harness.run.launch import prepare
     from harness.sweep.storage import check_url, default_storage
-    from harness.track.store import artifact_root, resolve_uri
+    from harness.track.uris import artifact_root, resolve_uri
 
     space = load_space(book, name, space_file)
     if trials is not None and trials < 1:
@@ -138,7 +138,7 @@ def promote_best(book: Ledger, name: str, new_name: str, *, study: Optional[str]
 
     from harness.ledger import promote
     from harness.sweep.storage import check_url, default_storage, open_storage
-    from harness.track.store import artifact_root, resolve_uri
+    from harness.track.uris import artifact_root, resolve_uri
 
     quiet_optuna()
     promote.check_name(book, new_name)

@@ -52,7 +52,7 @@ class Worker:
     def open(self) -> None:
         """Create or join the study and its parent run; a study of another space or metric is
         exit 2."""
-        from harness.track.store import open_sweep, sweep_run
+        from harness.track.sweeprun import open_sweep, sweep_run
 
         plan = self.plan
         with self.claims.lock():
@@ -207,7 +207,7 @@ def _setup_lock(plan: Plan):
 
     from filelock import FileLock
 
-    from harness.track.store import artifact_root, resolve_uri
+    from harness.track.uris import artifact_root, resolve_uri
 
     mlflow_root = artifact_root(resolve_uri(plan.tracking_uri))
     folder = mlflow_root.parent if mlflow_root is not None else None

@@ -1,0 +1,60 @@
+"""Where the runs are: the one tracking-URI resolver, the one SQLite-URI parser, the one `mlflow server`
+command line (the team server, the UI and the tests build theirs here). Pure Python: no MLflow import.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+
+from harness.track import remote
+
+
+def resolve_uri(explicit: Optional[str] = None, create: bool = False) -> str:
+    """The tracking URI: --tracking-uri, else $MLFLOW_TRACKING_URI, else the project's SQLite
+    store. A relative SQLite path is made absolute (a server started elsewhere, or a later
+    chdir, finds the same file); with `create`, the SQLite file's folder is made."""
+    uri = remote.chosen_uri(explicit)
+    db = sqlite_path(uri)
+    if db is None:
+        return uri
+    if create:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db.resolve()}"
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def store_exists(uri: Optional[str] = None) -> bool:
+    """False for a SQLite store whose file does not exist yet (reading must not create one)."""
+    db = sqlite_path(resolve_uri(uri))
+    return db is None or db.exists()
+
+
+def artifact_root(uri: str) -> Optional[Path]:
+    """Where new experiments keep their artifacts: `artifacts/` beside a SQLite file; None for a
+    server, which decides itself."""
+    db = sqlite_path(resolve_uri(uri))
+    return db.parent / "artifacts" if db is not None else None
+
+
+def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str]:
+    """`mlflow server` over a SQLite store, its artifact root served (new experiments land beside
+    the SQLite file, as Store puts them; existing ones keep their recorded file locations)."""
+    uri = resolve_uri(uri)
+    artifacts = artifact_root(uri).as_uri()
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri, "--registry-store-uri", uri,  # the same store (and no notice saying so)
+        "--default-artifact-root", artifacts,
+        "--artifacts-destination", artifacts,
+        "--serve-artifacts",
+        "--host", host, "--port", str(port), "--workers", str(workers),
+    ]
