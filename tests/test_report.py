@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from harness import ledger
-from harness.report import table as report
+from harness import report
+from harness.core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -425,7 +426,7 @@ def test_readme_block_refresh_is_idempotent_and_needs_markers(tmp_path):
     assert readme.read_bytes() == once
     assert once.decode() == README.replace("stale content", "| a |\n|---|\n| 1 |")
     readme.write_text("# no block\n")
-    with pytest.raises(report.InputError, match="no '<!-- results:start -->'"):
+    with pytest.raises(InputError, match="no '<!-- results:start -->'"):
         report.refresh_readme(readme, "x")
 
 

@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from harness.report import committed, table as report
+from harness import report
+from harness.report import committed
 from harness import ledger
 from harness.cli import main
 

@@ -17,7 +17,8 @@ from typing import Optional
 from harness.core import metrics as contract
 from harness.core.errors import InputError
 from harness.core.records import RunRecord
-from harness.report.table import BEST_MARK, balanced, score
+from harness.report.cells import BEST_MARK
+from harness.report.rows import balanced, score
 from harness.report.runs import describe, find_runs, label
 
 WINNER = "*"

@@ -22,7 +22,8 @@ from harness.core import metrics as contract
 from harness.report.committed import started_text
 from harness.core.errors import InputError
 from harness.core.records import FINISHED, TAG_ITERATION, TAG_REFERENCE, RunRecord
-from harness.report.table import BEST_MARK, SYNTHETIC_MARK, data_label, is_synthetic, score
+from harness.report.cells import BEST_MARK, SYNTHETIC_MARK
+from harness.report.rows import data_label, is_synthetic, score
 
 
 def duration(record: RunRecord, now_ms: Optional[int] = None) -> str:
