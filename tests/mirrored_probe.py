@@ -45,7 +45,7 @@ def train(iteration, data_dir, folder, interrupt: bool) -> dict:
     from harness.data.pipeline import make_datasets
     from harness.data.source import open_dataset
     from harness.data.split import split
-    from harness.run.launch import ConsoleReporter
+    from harness.run.console import ConsoleReporter
     from harness.models.freeze import iter_layers
     from harness.train import FeatureInputs, Runner, RunState, set_seeds
 

@@ -44,7 +44,7 @@ def test_lr_find_logs_the_curve_and_plot(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from harness.data.synth import generate
-    from harness.run.launch import lr_find_iteration
+    from harness.run.lrfind import lr_find_iteration
     from harness.track.store import Store
 
     data = tmp_path / "data"

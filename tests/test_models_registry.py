@@ -184,7 +184,7 @@ def test_pyfunc_labels_agree_with_eval_argmax_on_held_out_images(trained, pyfunc
     their accuracy is what `harness eval` reports on the same folder."""
     from harness.data.hvc import load_hvc
     from harness.data.pipeline import eval_dataset
-    from harness.run.launch import evaluate_iteration
+    from harness.run.evaluate import evaluate_iteration
     from harness.models import load_model
     from harness.track.models import _tracking_uri
 

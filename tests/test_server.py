@@ -91,7 +91,9 @@ def test_every_command_works_against_the_server(team_server, synth, tmp_path, mo
     """run (interrupted by Ctrl-C after an epoch, then resumed), --all, eval, lr-find, reference,
     table and ui, all through http://...: the same layout as on SQLite, artifacts through the server's proxy."""
     from harness import cli
-    from harness.run.launch import evaluate_iteration, lr_find_iteration, run_iteration
+    from harness.run.evaluate import evaluate_iteration
+    from harness.run.lrfind import lr_find_iteration
+    from harness.run.launch import run_iteration
     from harness.track.store import Store
 
     url, work = team_server.url, tmp_path / "work"

@@ -244,7 +244,7 @@ def test_class_weighting_trains(book, synth, store_uri):
 
 
 def test_eval_scores_another_folder(book, synth, other_synth, store_uri):
-    from harness.run.launch import evaluate_iteration
+    from harness.run.evaluate import evaluate_iteration
 
     run(book, "one", synth, store_uri)
     result = evaluate_iteration(book, "one", data_dir=str(other_synth), tracking_uri=store_uri)
@@ -260,7 +260,7 @@ def test_eval_scores_another_folder(book, synth, other_synth, store_uri):
 
 def test_selected_checkpoint_summary_equals_a_fresh_eval_of_the_validation_split(book, synth, store_uri):
     """One meaning of "best": the run's selected_* summary is what `harness eval` measures anew."""
-    from harness.run.launch import evaluate_iteration
+    from harness.run.evaluate import evaluate_iteration
 
     run(book, "two", synth, store_uri)
     store, runs = parents(store_uri, "two")
@@ -274,7 +274,7 @@ def test_selected_checkpoint_summary_equals_a_fresh_eval_of_the_validation_split
 def test_eval_warns_when_the_folder_holds_training_images(book, synth, store_uri, tmp_path):
     import shutil
 
-    from harness.run.launch import evaluate_iteration
+    from harness.run.evaluate import evaluate_iteration
 
     run(book, "one", synth, store_uri)
     copy = tmp_path / "copy"
@@ -372,7 +372,7 @@ def test_changed_config_is_not_resumed(book, synth, tmp_path, store_uri):
 
 
 def test_feature_cache_matches_the_image_path_and_saves_the_whole_model(book, synth, other_synth, store_uri):
-    from harness.run.launch import evaluate_iteration
+    from harness.run.evaluate import evaluate_iteration
 
     code, cached_lines = run(book, "frozen", synth, store_uri)
     assert code == 0
@@ -479,7 +479,7 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
 
 
 def test_pass_header_names_freeze_rules_that_match_no_layer(book):
-    from harness.run.launch import ConsoleReporter
+    from harness.run.console import ConsoleReporter
     from harness.models import FreezeSummary
 
     class Tracker:

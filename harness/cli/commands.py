@@ -121,7 +121,7 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from harness.run.launch import evaluate_iteration
+    from harness.run.evaluate import evaluate_iteration
 
     book = _ledger(args, args.iteration)
     result = evaluate_iteration(book, args.iteration, data_dir=args.data, tracking_uri=args.tracking_uri,
@@ -208,7 +208,7 @@ def cmd_server(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from harness.run.launch import lr_find_iteration
+    from harness.run.lrfind import lr_find_iteration
 
     lr_find_iteration(_ledger(args, args.iteration), args.iteration, profile=args.profile, data_dir=args.data,
                       tracking_uri=args.tracking_uri, work_dir=args.work_dir, min_lr=args.min, max_lr=args.max,

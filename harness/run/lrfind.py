@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from harness.core import metrics
+from harness.core.errors import InputError
+from harness.run.prepare import prepare
 
 DIVERGE_FACTOR = 4.0
 SMOOTHING = 0.9  # exponential moving average of the batch loss (bias-corrected)
@@ -115,3 +118,33 @@ def plot(curve: LRCurve, title: str):
     ax.set_title(title)
     figure.tight_layout()
     return figure
+
+
+def lr_find_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
+                      tracking_uri: Optional[str] = None, work_dir: Optional[str] = None, min_lr: float = 1e-7,
+                      max_lr: float = 10.0, steps: int = 100, out: Optional[str] = None, limit: Optional[int] = None,
+                      log=print) -> dict:
+    """The LR range test for an iteration's first pass, logged as an `ITER/lr-find` run."""
+    from harness.track.plots import close
+    from harness.core.settings import work_dir as resolve_work_dir
+    from harness.track.store import Store
+    from harness.track.finished import log_lr_find
+
+    if steps < 5:
+        raise InputError(f"lr-find: --steps must be at least 5 (got {steps})")
+    if not 0 < min_lr < max_lr:
+        raise InputError(f"lr-find: need 0 < --min < --max (got {min_lr:g}, {max_lr:g})")
+    prepared = prepare(book, name, profile, data_dir, False, log, limit=limit)
+    store = Store(tracking_uri)
+    curve = range_test(prepared.iteration, prepared.datasets(resolve_work_dir(work_dir).cache),
+                              min_lr, max_lr, steps, log)
+    figure = plot(curve, f"{name}: LR range test ({prepared.profile} profile)")
+    if out:
+        figure.savefig(out, dpi=110)
+    run_id = log_lr_find(store, book.experiment, prepared.iteration, prepared.tags, curve, figure)
+    close(figure)
+    stop = f"diverged at {curve.diverged_at:.3g}" if curve.diverged_at else f"no divergence up to {curve.max_lr:.3g}"
+    log(f"{name}: suggested LR {curve.suggestion():.3g} (steepest loss descent); {stop}; "
+        f"{len(curve.lrs)} batches; run {run_id} ({name}/lr-find, open with `make ui`)")
+    return {metrics.SUGGESTED_LR: curve.suggestion(), metrics.MAX_LR: curve.max_lr,
+            "diverged": curve.diverged_at is not None, "batches": len(curve.lrs), "run_id": run_id}

@@ -67,7 +67,7 @@ def plan_sweep(book: Ledger, name: str, *, trials: Optional[int], space_file=Non
                profile: Optional[str] = None, data_dir: Optional[str] = None, tracking_uri: Optional[str] = None,
                work_dir: Optional[str] = None, log=print) -> Plan:
     """Every check before anything is written: ledger, space, arguments, data (exit 2)."""
-    from harness.run.launch import prepare
+    from harness.run.prepare import prepare
     from harness.sweep.storage import check_url, default_storage
     from harness.track.uris import artifact_root, resolve_uri
 
