@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_training import DEFAULT_DATA, measure_overhead, missing_real_data  # noqa: E402
+from harness.core.process import free_port
+from harness.services.folder import PG_BIN_GLOB, ServerFolder
+from harness.services.postgres import postgres_bin
 from harness.core import metrics
 from harness.services import server  # noqa: E402
 
@@ -105,9 +108,9 @@ def time_table(url: str, tmp: Path) -> dict:
 def measure(data: Path, n: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench-server-"))
     root.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, who must enter the folder
-    folder = server.ServerFolder(root)
+    folder = ServerFolder(root)
     try:
-        team = server.start(folder, port=server.free_port(), db_port=server.free_port(), workers=2,
+        team = server.start(folder, port=free_port(), db_port=free_port(), workers=2,
                             log=lambda *_: None)
         before = len(requests_logged(folder.mlflow_log))
         result = measure_overhead(data, n, 64, epochs=EPOCHS, tracking_uri=team.url)
@@ -137,8 +140,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if missing_real_data(args.data):
         return 2
-    if server.postgres_bin() is None:
-        print(f"no PostgreSQL under {server.PG_BIN_GLOB}: apt-get install postgresql", file=sys.stderr)
+    if postgres_bin() is None:
+        print(f"no PostgreSQL under {PG_BIN_GLOB}: apt-get install postgresql", file=sys.stderr)
         return 2
     result = measure(Path(args.data), args.n)
     if args.json:

@@ -74,7 +74,7 @@ def machine() -> str:
 
 def server_rows(python: str, data: str) -> list:
     """(e): the team server (PostgreSQL + MLflow, started and stopped by bench_server.py)."""
-    from harness.services.server import postgres_bin
+    from harness.services.postgres import postgres_bin
 
     if postgres_bin() is None:
         return [("(e) the PostgreSQL server", "", "not measured: no PostgreSQL (apt-get install postgresql)", "",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.process import free_port
 from harness import ledger
 from fault_runs import OUTAGE, check_every_metric_arrived, start_run, wait_for
 from tracking_load import default_seconds
@@ -43,16 +44,15 @@ class SqliteServer:
     started again on the same port and file after a kill. Stopped by its group's id."""
 
     def __init__(self, folder: Path):
-        from harness.services import server
 
         folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.port = folder, server.free_port()
+        self.folder, self.port = folder, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = None
 
     def start(self) -> None:
         from harness.track.uris import server_command
-        from harness.services.ui import wait_until_up
+        from harness.core.process import wait_until_up
 
         command = server_command(f"sqlite:///{self.folder / 'mlflow.db'}", "127.0.0.1", self.port, workers=1)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

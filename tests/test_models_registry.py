@@ -152,7 +152,7 @@ def test_a_finished_run_logs_one_pyfunc_model_with_signature_and_a_working_examp
     assert (card["image_size"], card["iteration"], card["run_id"]) == (32, "eleventh", trained["run"].run_id)
     assert {"keras==3.15.1", "mlflow==3.17.2"} <= set((local / "requirements.txt").read_text().split())
     # The harness code travels with the model; nothing is pickled (models from code).
-    assert (local / "code" / "harness" / "predict.py").is_file()
+    assert (local / "code" / "harness" / "serve" / "predict.py").is_file()
     assert not list(local.rglob("*.pkl"))
 
 

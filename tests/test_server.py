@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.process import free_port, running_pid
+from harness.services.folder import ServerFolder
 from harness import ledger
 
 TINY = """\
@@ -45,11 +47,10 @@ def status_of(path: str) -> str:
 
 
 def test_server_runs_postgres_and_mlflow_on_loopback_with_pid_files(team_server):
-    from harness.services import server
 
     folder = team_server.folder
-    assert server.running_pid(folder.mlflow_pid, "mlflow") == team_server.mlflow_pid
-    assert server.running_pid(folder.postgres_pid, "postgres") == team_server.postgres_pid
+    assert running_pid(folder.mlflow_pid, "mlflow") == team_server.mlflow_pid
+    assert running_pid(folder.postgres_pid, "postgres") == team_server.postgres_pid
     command = Path(f"/proc/{team_server.postgres_pid}/cmdline").read_bytes().split(b"\0")
     assert command[command.index(b"-h") + 1] == b"127.0.0.1"  # TCP on loopback only
     assert command[command.index(b"-k") + 1] == str(folder.socket).encode()  # socket inside the folder
@@ -181,7 +182,6 @@ def test_a_second_server_on_an_existing_database_with_basic_auth_then_stop(team_
     import base64
 
     from harness import cli
-    from harness.services import server
     from harness.track.store import Store
 
     folder = tmp_path / "second"
@@ -189,10 +189,10 @@ def test_a_second_server_on_an_existing_database_with_basic_auth_then_stop(team_
     monkeypatch.setenv("HARNESS_DB_URI", team_server.db_uri.replace("+psycopg2", ""))
     monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "test-secret-" + "x" * 24)
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "first-admin-password-1")
-    port = server.free_port()
+    port = free_port()
     assert cli.main(["server", "--dir", str(folder), "--port", str(port), "--workers", "1", "--auth"]) == 0
     url = f"http://127.0.0.1:{port}"
-    pid = server.running_pid(server.ServerFolder(folder).mlflow_pid, "mlflow")
+    pid = running_pid(ServerFolder(folder).mlflow_pid, "mlflow")
     try:
         assert pid is not None and not (folder / "pg").exists()  # no cluster of its own
         assert answers(url) == 401
@@ -204,5 +204,5 @@ def test_a_second_server_on_an_existing_database_with_basic_auth_then_stop(team_
         assert Store(team_server.url).experiment_id("two-servers", create=False) == made  # ...one database
     finally:
         assert cli.main(["server", "--stop", "--dir", str(folder)]) == 0
-    assert server.running_pid(server.ServerFolder(folder).mlflow_pid, "mlflow") is None
+    assert running_pid(ServerFolder(folder).mlflow_pid, "mlflow") is None
     assert status_of(f"/proc/{pid}/status") in ("gone", "Z")

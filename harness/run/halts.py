@@ -12,7 +12,7 @@ from harness.core.errors import DiskFull, RunHalted, StoreLocked, TrackingLost, 
 from harness.core.records import (KILLED)
 
 
-def halted(exc: BaseException, name: str, tracker, uri: str, folder: Path, state,
+def halted_by(exc: BaseException, name: str, tracker, uri: str, folder: Path, state,
             marking: bool = True) -> Optional[RunHalted]:
     """The RunHalted (one line) for a run its surroundings stopped: a full disk (the work
     folder's or the store's), a tracking server gone past MLflow's retries, a SQLite store locked

@@ -17,7 +17,7 @@ from typing import Optional, Protocol
 from harness.core import metrics, signals
 from harness.core.records import (KILLED, NEW, RESUME, SKIP, Decision)
 from harness.run.console import ConsoleReporter
-from harness.run.halts import halted
+from harness.run.halts import halted_by
 from harness.run.prepare import TRAINING_IMAGES, Prepared, model_facts, prepare
 
 
@@ -117,7 +117,7 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         log(f"{name}: interrupted ({cause}); run the same command again to resume")
         raise signals.mark_reported(exc)
     except BaseException as exc:
-        halted = halted(exc, name, tracker, store.uri, folder, runner.state)
+        halted = halted_by(exc, name, tracker, store.uri, folder, runner.state)
         if halted is not None:
             raise halted from None
         tracker.fail(f"{type(exc).__name__}: {exc}")
@@ -127,7 +127,7 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         log_final_model(prepared, tracker, runner.final_checkpoint(), selected.get(metrics.SELECTED_EPOCH), log)
         summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), selected)
     except Exception as exc:
-        halted = halted(exc, name, tracker, store.uri, folder, runner.state, marking=False)
+        halted = halted_by(exc, name, tracker, store.uri, folder, runner.state, marking=False)
         if halted is not None:
             raise halted from None
         raise

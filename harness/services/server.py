@@ -24,286 +24,22 @@ naming what to add. PostgreSQL refuses to run as root, so as root the cluster ru
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import pwd
-import secrets
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
 from harness.core.errors import InputError
-from harness.track.leases import pid_alive
-from harness.services.ui import port_free, url_for, wait_until_up
-
-DB_URI_ENV = "HARNESS_DB_URI"
-SERVER_DIR_ENV = "HARNESS_SERVER_DIR"
-DEFAULT_SERVER_DIR = Path("mlruns") / "server"
-SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
-ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
-PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
-DB_USER, DB_NAME = "harness", "mlflow"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-DEFAULT_PORT = 5000
-STARTUP_SECONDS = 120.0
-# For throwaway clusters (tests, benchmarks of the client side): no fsync, a crash loses the data.
-THROWAWAY_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-
-
-@dataclass(frozen=True)
-class ServerFolder:
-    """What `harness server` keeps: `--dir`, else $HARNESS_SERVER_DIR, else mlruns/server."""
-
-    root: Path
-
-    @classmethod
-    def of(cls, explicit: Optional[str] = None) -> "ServerFolder":
-        return cls(Path(explicit or os.environ.get(SERVER_DIR_ENV) or DEFAULT_SERVER_DIR).expanduser().resolve())
-
-    # PostgreSQL: its data folder, its unix socket, its log and PID file
-    pg = property(lambda self: self.root / "pg")
-    socket = property(lambda self: self.root / "socket")
-    postgres_log = property(lambda self: self.root / "postgres.log")
-    postgres_pid = property(lambda self: self.root / "postgres.pid")
-    # MLflow: the proxied artifacts, its log and PID file, basic-auth settings and users
-    artifacts = property(lambda self: self.root / "artifacts")
-    mlflow_log = property(lambda self: self.root / "mlflow.log")
-    mlflow_pid = property(lambda self: self.root / "mlflow.pid")
-    auth_ini = property(lambda self: self.root / "basic_auth.ini")
-    auth_db = property(lambda self: self.root / "basic_auth.db")
-    # URL, database port and generated password (mode 600)
-    state = property(lambda self: self.root / "server.json")
-
-
-@dataclass(frozen=True)
-class TeamServer:
-    """A started server: its URL, PIDs, and the database it stores runs in."""
-
-    folder: ServerFolder
-    url: str
-    mlflow_pid: int
-    postgres_pid: Optional[int]  # None when HARNESS_DB_URI names the database
-    db_uri: str  # with its password (a server found running: without)
-
-
-# --------------------------------------------------------------------------- PostgreSQL
-
-
-def postgres_bin() -> Optional[Path]:
-    """The newest Debian PostgreSQL bin folder (/usr/lib/postgresql/<version>/bin), or None."""
-    found = [p for p in Path("/").glob(PG_BIN_GLOB.lstrip("/")) if (p / "initdb").exists() and (p / "postgres").exists()]
-    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, default=None)
-
-
-def service_user() -> Optional[pwd.struct_passwd]:
-    """Whom PostgreSQL runs as: this user, or, for root (whom it refuses), `postgres`, else `nobody`."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    raise InputError("harness server: running as root, and neither a `postgres` nor a `nobody` user exists "
-                     "for PostgreSQL to run as")
-
-
-def _as_user(user: Optional[pwd.struct_passwd]) -> dict:
-    """Popen arguments that run a command as `user` (only its own group)."""
-    return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-
-
-def _unreachable_ancestor(path: Path, user: pwd.struct_passwd) -> Optional[Path]:
-    """The first folder above `path` that `user` may not enter, or None."""
-    for folder in (*reversed(path.parents), path):
-        st = folder.stat()
-        if st.st_mode & 0o001 or (st.st_uid == user.pw_uid and st.st_mode & 0o100) or (
-                st.st_gid == user.pw_gid and st.st_mode & 0o010):
-            continue
-        return folder
-    return None
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _state(folder: ServerFolder) -> dict:
-    try:
-        return json.loads(folder.state.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_state(folder: ServerFolder, state: dict) -> None:
-    folder.state.touch(mode=0o600)
-    folder.state.write_text(json.dumps(state, indent=1))
-
-
-def free_port() -> int:
-    """A TCP port nobody on 127.0.0.1 listens on now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def init_cluster(folder: ServerFolder, bin_dir: Path, user, log=print) -> dict:
-    """`initdb` a new cluster in <folder>/pg owned by `user`, with a generated password for the
-    `harness` role (scram-sha-256 over TCP and the socket alike). Returns the saved state."""
-    if user is not None:
-        blocked = _unreachable_ancestor(folder.root, user)
-        if blocked is not None:
-            raise InputError(f"harness server: PostgreSQL refuses to run as root, so it runs as '{user.pw_name}', "
-                             f"who cannot enter {blocked}; give --dir a folder it can reach (e.g. /var/tmp/harness-server)")
-    password = secrets.token_urlsafe(24)
-    pwfile = folder.root / ".initdb-password"
-    pwfile.touch(mode=0o600)
-    pwfile.write_text(password + "\n")
-    for path in (folder.pg, folder.socket):
-        path.mkdir(mode=0o700, exist_ok=True)
-    for path in (pwfile, folder.pg, folder.socket):
-        if user is not None:
-            os.chown(path, user.pw_uid, user.pw_gid)
-    try:
-        with open(folder.postgres_log, "ab") as out:
-            done = subprocess.run([str(bin_dir / "initdb"), "-D", str(folder.pg), "-U", DB_USER, "--pwfile", str(pwfile),
-                                   "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8", "--no-locale"],
-                                  stdout=out, stderr=subprocess.STDOUT, cwd=folder.root, env=_pg_env(), **_as_user(user))
-    finally:
-        pwfile.unlink(missing_ok=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"harness server: initdb failed: {_tail(folder.postgres_log)}")
-    log(f"PostgreSQL cluster initialized in {folder.pg} (runs as {user.pw_name if user else 'this user'})")
-    state = {"db_port": None, "db_password": password, "database_created": False}
-    _save_state(folder, state)
-    return state
-
-
-def _pg_env(password: Optional[str] = None) -> dict:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
-    if password:
-        env["PGPASSWORD"] = password
-    return env
-
-
-def start_postgres(folder: ServerFolder, bin_dir: Path, user, port: int, settings: Optional[dict] = None,
-                   log=print) -> int:
-    """`postgres` on 127.0.0.1:`port` (socket in <folder>/socket), detached; its PID file
-    written once it accepts connections. Returns the PID."""
-    extra = [arg for key, value in (settings or {}).items() for arg in ("-c", f"{key}={value}")]
-    with open(folder.postgres_log, "ab") as out:
-        process = subprocess.Popen(
-            [str(bin_dir / "postgres"), "-D", str(folder.pg), "-k", str(folder.socket), "-h", "127.0.0.1",
-             "-p", str(port), *extra],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder.root, env=_pg_env(),
-            start_new_session=True, **_as_user(user))
-    folder.postgres_pid.write_text(f"{process.pid}\n")
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            folder.postgres_pid.unlink(missing_ok=True)
-            raise RuntimeError(f"harness server: PostgreSQL did not start: {_tail(folder.postgres_log)}")
-        ready = subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)], env=_pg_env())
-        if ready.returncode == 0:
-            log(f"PostgreSQL on 127.0.0.1:{port} (pid {process.pid}, log {folder.postgres_log})")
-            return process.pid
-        time.sleep(0.2)
-    stop_pid(process.pid, "postgres", signal.SIGINT)
-    raise RuntimeError(f"harness server: PostgreSQL did not accept connections in {STARTUP_SECONDS:.0f} s")
-
-
-def local_database(folder: ServerFolder, db_port: Optional[int], settings: Optional[dict], log=print) -> tuple[str, int]:
-    """(database URI, postgres PID) of the folder's cluster: initialized on first use, started
-    unless running, its `mlflow` database created once."""
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        raise InputError(f"harness server: no PostgreSQL found under {PG_BIN_GLOB}: install Debian's `postgresql` "
-                         f"(apt-get install postgresql), or set {DB_URI_ENV} to an existing database")
-    user = service_user()
-    folder.root.mkdir(parents=True, exist_ok=True)
-    state = _state(folder) if (folder.pg / "PG_VERSION").exists() else init_cluster(folder, bin_dir, user, log)
-    port = db_port or state.get("db_port") or free_port()
-    pid = running_pid(folder.postgres_pid, "postgres")
-    if pid is None:
-        if not port_free("127.0.0.1", port):
-            raise InputError(f"harness server: 127.0.0.1:{port} (PostgreSQL's port) is in use; give --db-port another")
-        pid = start_postgres(folder, bin_dir, user, port, settings, log)
-    else:
-        port = state.get("db_port") or port
-    _save_state(folder, {**state, "db_port": port})
-    if not state.get("database_created"):
-        create_database(folder, DB_NAME)
-    _save_state(folder, {**_state(folder), "database_created": True})
-    return f"postgresql+psycopg2://{DB_USER}:{state['db_password']}@127.0.0.1:{port}/{DB_NAME}", pid
-
-
-def create_database(folder: ServerFolder, name: str) -> str:
-    """Another database on the folder's running cluster (kept if it exists), e.g. an Optuna
-    study store beside MLflow's: both keep their schema version in `alembic_version`, so they
-    cannot share one. Returns its URI (psycopg2, with the password)."""
-    state = _state(folder)
-    made = subprocess.run([str(postgres_bin() / "createdb"), "-h", "127.0.0.1", "-p", str(state["db_port"]),
-                           "-U", DB_USER, name], capture_output=True, text=True, env=_pg_env(state["db_password"]))
-    if made.returncode != 0 and "already exists" not in made.stderr:
-        raise RuntimeError(f"harness server: createdb {name} failed: {made.stderr.strip()}")
-    return f"postgresql+psycopg2://{DB_USER}:{state['db_password']}@127.0.0.1:{state['db_port']}/{name}"
-
-
-def with_driver(db_uri: str) -> str:
-    """`postgresql://` pinned to psycopg2 (SQLAlchemy 2.1's default driver for it is psycopg 3,
-    which the harness does not install)."""
-    scheme, sep, rest = db_uri.partition("://")
-    return f"postgresql+psycopg2://{rest}" if sep and scheme in ("postgres", "postgresql") else db_uri
+from harness.track.uris import mlflow_server_command
+from harness.core.process import (LOOPBACK, STARTUP_SECONDS, port_free, running_pid, stop_pid, url_for,
+                                  wait_until_up)
+from harness.services.folder import ADMIN_PASSWORD_ENV, DB_URI_ENV, DEFAULT_PORT, DEFAULT_SERVER_DIR, SECRET_KEY_ENV, SERVER_DIR_ENV, ServerFolder, THROWAWAY_SETTINGS, TeamServer, save_state, read_state, log_tail
+from harness.services.postgres import local_database, with_driver
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def running_pid(pid_file: Path, expected: str) -> Optional[int]:
-    """The PID in `pid_file` when that process is alive and its command line names `expected`
-    (a PID file left by a reboot may name someone else's process now)."""
-    try:
-        pid = int(pid_file.read_text().strip())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (OSError, ValueError):
-        return None
-    return pid if pid_alive(pid) and expected in command else None
-
-
-def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reaps it when it is this process's child
-        except ChildProcessError:
-            pass
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def stop_pid(pid: int, expected: str, first: int, group: bool = False, grace: float = 30.0) -> None:
-    """Signal `pid` (its process group with `group`) with `first`, wait up to `grace` s, then SIGKILL."""
-    send = os.killpg if group else os.kill
-    for sig, wait in ((first, grace), (signal.SIGKILL, 10.0)):
-        try:
-            send(pid, sig)
-        except ProcessLookupError:
-            return
-        if _wait_gone(pid, wait):
-            return
-    raise RuntimeError(f"harness server: {expected} (pid {pid}) did not stop")
 
 
 def stop(folder: ServerFolder, log=print) -> list[str]:
@@ -356,14 +92,8 @@ def _write_auth_config(folder: ServerFolder) -> None:
 def mlflow_command(folder: ServerFolder, host: str, port: int, workers: int, auth: bool,
                    allowed_hosts: Optional[str]) -> list[str]:
     """`mlflow server` with proxied artifacts in the folder (the store URI goes in the environment)."""
-    command = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts",
-               "--artifacts-destination", folder.artifacts.as_uri(), "--host", host, "--port", str(port),
-               "--workers", str(workers)]
-    if auth:
-        command += ["--app-name", "basic-auth"]
-    if allowed_hosts:
-        command += ["--allowed-hosts", allowed_hosts]
-    return command
+    return mlflow_server_command(host, port, workers, folder.artifacts.as_uri(), app_name="basic-auth" if auth else None,
+                                 allowed_hosts=allowed_hosts)
 
 
 def start_mlflow(folder: ServerFolder, db_uri: str, host: str, port: int, workers: int, auth: bool,
@@ -383,7 +113,7 @@ def start_mlflow(folder: ServerFolder, db_uri: str, host: str, port: int, worker
     if not wait_until_up(url, process, STARTUP_SECONDS):
         stop_pid(process.pid, "mlflow", signal.SIGTERM, group=True, grace=10)
         folder.mlflow_pid.unlink(missing_ok=True)
-        raise RuntimeError(f"harness server: MLflow did not come up on {url}: {_tail(folder.mlflow_log)}")
+        raise RuntimeError(f"harness server: MLflow did not come up on {url}: {log_tail(folder.mlflow_log)}")
     return url, process.pid
 
 
@@ -406,7 +136,7 @@ def start(folder: ServerFolder, host: str = "127.0.0.1", port: int = DEFAULT_POR
         raise InputError(f"harness server: missing {', '.join(missing)}: pip install -e '.[server]' (make setup does)")
     running = running_pid(folder.mlflow_pid, "mlflow")
     if running is not None:
-        state = _state(folder)
+        state = read_state(folder)
         log(f"already running: {state.get('url')} (pid {running}); stop it with `make server-stop`")
         return TeamServer(folder, state.get("url", ""), running, running_pid(folder.postgres_pid, "postgres"),
                           state.get("db_uri_shown", ""))
@@ -420,7 +150,7 @@ def start(folder: ServerFolder, host: str = "127.0.0.1", port: int = DEFAULT_POR
     except BaseException:
         stop(folder, log=lambda *_: None)
         raise
-    _save_state(folder, {**_state(folder), "url": url, "db_uri_shown": shown_db(db_uri)})
+    save_state(folder, {**read_state(folder), "url": url, "db_uri_shown": shown_db(db_uri)})
     return TeamServer(folder, url, mlflow_pid, postgres_pid, db_uri)
 
 

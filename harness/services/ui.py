@@ -14,52 +14,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
 from harness.core.errors import InputError
+from harness.core.process import LOOPBACK, kill_group, port_free, url_for, wait_until_up
 from harness.core.metrics import val_acc
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
-STARTUP_SECONDS = 120
 SERVER_LOG = "ui-server.log"  # beside the SQLite store, unless -v
 STOP_GRACE_SECONDS = 3.0
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def url_for(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
-
-
-def wait_until_up(url: str, process: subprocess.Popen, seconds: float = STARTUP_SECONDS) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.3)
-    return False
 
 
 def runs_page(url: str, experiment_id: Optional[str], sort_by: Optional[str] = None) -> str:
@@ -112,7 +80,7 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
     stopping: list[float] = []
 
     def stop(signum, _frame):
-        _kill_group(process.pid, signal.SIGTERM)  # mlflow, its uvicorn and any worker
+        kill_group(process.pid, signal.SIGTERM)  # mlflow, its uvicorn and any worker
         stopping.append(time.monotonic())
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -148,13 +116,6 @@ def _reap(process: subprocess.Popen, stopping: list[float], grace: float = STOP_
             break
         except subprocess.TimeoutExpired:
             if stopping and (len(stopping) > 1 or time.monotonic() - stopping[0] > grace):
-                _kill_group(process.pid, signal.SIGKILL)
-    _kill_group(process.pid, signal.SIGTERM)  # a uvicorn left behind by a dead mlflow
+                kill_group(process.pid, signal.SIGKILL)
+    kill_group(process.pid, signal.SIGTERM)  # a uvicorn left behind by a dead mlflow
     return 0 if stopping or code == 0 else 1
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

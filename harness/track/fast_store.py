@@ -180,6 +180,6 @@ def open_reader(uri: Optional[str], experiment: str):
             return SqliteReader(path.resolve(), experiment, f"{SQLITE_PREFIX}{path.resolve()}")
         except UnsupportedStore:
             pass
-    from harness.track.store import RunReader
+    from harness.track.reader import RunReader
 
     return RunReader(chosen, experiment)

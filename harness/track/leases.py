@@ -30,6 +30,7 @@ from urllib.parse import quote
 from filelock import FileLock, Timeout
 
 from harness.core.errors import IterationHeld
+from harness.core.process import pid_alive
 from harness.core.records import TAG_LEASE, RunRecord
 
 LEASE_SECONDS_ENV = "HARNESS_LEASE_SECONDS"
@@ -45,21 +46,6 @@ def this_host() -> str:
 def lease_seconds() -> float:
     """$HARNESS_LEASE_SECONDS, else 30 minutes: how long a run stays held after its last sign of life."""
     return float(os.environ.get(LEASE_SECONDS_ENV) or DEFAULT_LEASE_SECONDS)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this host (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _clock(seconds: float) -> str:

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
+from harness.core.process import health_url
 from harness.core.errors import TrackingUnreachable
 from harness.core.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -95,10 +96,6 @@ def configure_http_client(uri: Optional[str] = None) -> None:
     logger = logging.getLogger(RETRY_LOGGER)
     if _notice not in logger.handlers:
         logger.addHandler(_notice)
-
-
-def health_url(uri: str) -> str:
-    return uri.rstrip("/") + "/health"
 
 
 def check_reachable(uri: str, timeout: float = PROBE_SECONDS, tries: int = PROBE_TRIES) -> None:

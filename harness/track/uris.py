@@ -45,16 +45,28 @@ def artifact_root(uri: str) -> Optional[Path]:
     return db.parent / "artifacts" if db is not None else None
 
 
+def mlflow_server_command(host: str, port: int, workers: int, artifacts: str, *, store: Optional[str] = None,
+                          default_artifact_root: Optional[str] = None, app_name: Optional[str] = None,
+                          allowed_hosts: Optional[str] = None) -> list[str]:
+    """The one `mlflow server` command line: artifacts proxied to `artifacts` (a file: URI), the
+    store (given) as backend and registry alike, else taken from MLFLOW_BACKEND_STORE_URI in the
+    environment (kept off the command line `ps` shows when it holds a password)."""
+    command = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination", artifacts]
+    if store:
+        command += ["--backend-store-uri", store, "--registry-store-uri", store]  # the same store (and no notice saying so)
+    if default_artifact_root:
+        command += ["--default-artifact-root", default_artifact_root]
+    command += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    if app_name:
+        command += ["--app-name", app_name]
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
+    return command
+
+
 def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str]:
     """`mlflow server` over a SQLite store, its artifact root served (new experiments land beside
     the SQLite file, as Store puts them; existing ones keep their recorded file locations)."""
     uri = resolve_uri(uri)
     artifacts = artifact_root(uri).as_uri()
-    return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri, "--registry-store-uri", uri,  # the same store (and no notice saying so)
-        "--default-artifact-root", artifacts,
-        "--artifacts-destination", artifacts,
-        "--serve-artifacts",
-        "--host", host, "--port", str(port), "--workers", str(workers),
-    ]
+    return mlflow_server_command(host, port, workers, artifacts, store=uri, default_artifact_root=artifacts)
