@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from harness.track import fast_store
+from harness.track.uris import sqlite_path
 from harness.track.reader import RunReader
 
 
@@ -16,7 +17,7 @@ def same(a, b) -> bool:
 
 
 def test_the_pinned_revision_is_the_one_mlflow_writes(records_store):
-    path = fast_store.sqlite_file(records_store["uri"])
+    path = sqlite_path(records_store["uri"])
     with sqlite3.connect(path) as db:
         (revision,), = db.execute("SELECT version_num FROM alembic_version").fetchall()
     assert revision in fast_store.SUPPORTED_REVISIONS, (
@@ -47,7 +48,7 @@ def test_the_direct_reader_agrees_with_mlflows_client(records_store):
 
 def test_an_unknown_schema_goes_through_mlflow(records_store, tmp_path, monkeypatch):
     copy = tmp_path / "mlflow.db"
-    shutil.copy(fast_store.sqlite_file(records_store["uri"]), copy)
+    shutil.copy(sqlite_path(records_store["uri"]), copy)
     monkeypatch.setattr(fast_store, "SUPPORTED_REVISIONS", frozenset({"000000000000"}))
     reader = fast_store.open_reader(f"sqlite:///{copy}", records_store["experiment"])
     assert isinstance(reader, RunReader)

@@ -38,7 +38,7 @@ class Variant(Protocol):
 def check_places(tracking_uri: Optional[str], work_root: Path) -> None:
     """Where the run will write must work before anything is written (harness.guards)."""
     from harness.core.guards import check_tracking_uri, check_work_dir
-    from harness.track.remote import chosen_uri
+    from harness.track.uris import chosen_uri
     from harness.core.settings import TRACKING_URI_ENV
 
     check_tracking_uri(chosen_uri(tracking_uri), "--tracking-uri" if tracking_uri else TRACKING_URI_ENV)

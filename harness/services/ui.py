@@ -46,7 +46,7 @@ def serve(tracking_uri: Optional[str] = None, host: str = DEFAULT_HOST, port: in
     process is told to stop). Experiments holding harness runs are tagged as model training
     first, so the UI opens them on their runs table, not on the GenAI overview. A tracking server
     URI (http://...) already has a UI: its address is printed, nothing started."""
-    from harness.track.remote import chosen_uri, is_server
+    from harness.track.uris import chosen_uri, is_server
 
     if is_server(chosen_uri(tracking_uri)):
         log(f"MLflow UI of the tracking server: open {chosen_uri(tracking_uri)}  (a server already serves it; "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Optional
 
 from harness.core import metrics
@@ -138,13 +137,13 @@ def promote_best(book: Ledger, name: str, new_name: str, *, study: Optional[str]
 
     from harness.ledger import promote
     from harness.sweep.storage import check_url, default_storage, open_storage
-    from harness.track.uris import artifact_root, resolve_uri
+    from harness.track.uris import artifact_root, resolve_uri, sqlite_path
 
     quiet_optuna()
     promote.check_name(book, new_name)
     url = storage or default_storage(artifact_root(resolve_uri(tracking_uri)))
     check_url(url)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if sqlite_path(url) is not None and not sqlite_path(url).exists():
         raise InputError(f"{name}: no sweep storage at {url}; run `harness sweep {name} --trials N` first")
     rdb = open_storage(url, on_stale=lambda study, trial: None)
     study_name = find_study(rdb, book.experiment, name, study)

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from harness.core.errors import InputError
+from harness.track.uris import sqlite_path
 
 HEARTBEAT_S = 20  # how often a training trial tells the storage it is alive
 GRACE_S = 90  # silence after which another worker fails (and retries) a trial
@@ -39,10 +40,6 @@ def default_storage(tracking_artifact_root: Optional[Path]) -> str:
     """`optuna.db` beside the MLflow SQLite store (its artifact root's parent), else under mlruns/."""
     folder = tracking_artifact_root.parent if tracking_artifact_root is not None else Path("mlruns")
     return f"sqlite:///{(folder / 'optuna.db').resolve()}"
-
-
-def sqlite_file(url: str) -> Optional[Path]:
-    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
 def redact(url: str) -> str:
@@ -56,7 +53,7 @@ def redact(url: str) -> str:
 
 def check_url(url: str) -> None:
     """SQLite or PostgreSQL, the two the study lock supports; anything else is exit 2."""
-    if sqlite_file(url) is None and not url.startswith(("postgresql://", "postgresql+")):
+    if sqlite_path(url) is None and not url.startswith(("postgresql://", "postgresql+")):
         raise InputError(f"--storage: '{redact(url)}' is neither sqlite:///PATH nor postgresql://...; "
                          f"those are the storages whose workers can share a study")
 
@@ -68,7 +65,7 @@ def open_storage(url: str, on_stale: Callable):
     import sqlalchemy
 
     check_url(url)
-    db = sqlite_file(url)
+    db = sqlite_path(url)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if db is not None else {"pool_pre_ping": True}
@@ -91,7 +88,7 @@ def _key(study_name: str) -> int:
 @contextmanager
 def study_lock(storage, url: str, study_name: str):
     """Held while a worker counts trials and takes one; see the module docstring."""
-    db = sqlite_file(url)
+    db = sqlite_path(url)
     if db is not None:
         from filelock import FileLock
 

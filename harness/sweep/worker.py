@@ -21,7 +21,8 @@ from harness.core.errors import InputError
 from harness.ledger.schema import LedgerError
 from harness.core.records import FINISHED, KIND_SWEEP, TAG_ITERATION, TAG_KIND, TAG_STORAGE, TAG_STUDY, TAG_SWEEP
 from harness.sweep.claims import TrialClaims, TrialRetry
-from harness.sweep.storage import open_storage, redact, sqlite_file
+from harness.sweep.storage import open_storage, redact
+from harness.track.uris import sqlite_path
 from harness.sweep.trial import (ATTR_FAILURE, ATTR_METRIC, ATTR_PARENT_RUN, ATTR_RUN, ATTR_SPACE, Plan, Trial,
                                  describe_values)
 
@@ -211,8 +212,8 @@ def _setup_lock(plan: Plan):
 
     mlflow_root = artifact_root(resolve_uri(plan.tracking_uri))
     folder = mlflow_root.parent if mlflow_root is not None else None
-    if folder is None and sqlite_file(plan.storage_url) is not None:
-        folder = sqlite_file(plan.storage_url).parent
+    if folder is None and sqlite_path(plan.storage_url) is not None:
+        folder = sqlite_path(plan.storage_url).parent
     if folder is None:
         return nullcontext()
     folder.mkdir(parents=True, exist_ok=True)

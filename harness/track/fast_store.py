@@ -21,28 +21,19 @@ Both readers answer the same questions with harness.records.RunRecord:
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Optional
 
-from harness.core.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 from harness.core.records import (FINISHED, KIND_ITERATION, KIND_REFERENCE, TAG_CONFIG_SHA, TAG_ITERATION,
                                   TAG_KIND, RunRecord)
+from harness.track.uris import SQLITE_PREFIX, chosen_uri, sqlite_path
 
 # Alembic head revision of the tracking schema MLflow 3.17.2 creates and reads.
 SUPPORTED_REVISIONS = frozenset({"dc11669786a5"})
 
 # Runs read per query when a whole experiment is loaded (SQLite's variable limit is 32766).
 _CHUNK = 900
-
-SQLITE_PREFIX = "sqlite:///"
-
-
-def sqlite_file(uri: str) -> Optional[Path]:
-    """The database file of a `sqlite:///PATH` URI (None for any other store)."""
-    return Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None
-
 
 class UnsupportedStore(Exception):
     """The file is not a tracking store of a schema this module knows: use the MLflow client."""
@@ -170,8 +161,8 @@ class SqliteReader:
 def open_reader(uri: Optional[str], experiment: str):
     """The fastest reader that can answer for this store: SqliteReader for a local SQLite store
     of a known schema, else harness.tracking.RunReader (MLflow's client: REST for a server)."""
-    chosen = uri or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
-    path = sqlite_file(chosen)
+    chosen = chosen_uri(uri)
+    path = sqlite_path(chosen)
     if path is not None:
         from harness.track.store_check import check
 

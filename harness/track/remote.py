@@ -27,8 +27,9 @@ import urllib.request
 from typing import Optional
 
 from harness.core.process import health_url
+from harness.track.uris import chosen_uri, is_server
 from harness.core.errors import TrackingUnreachable
-from harness.core.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+from harness.core.settings import TRACKING_URI_ENV
 
 PROBE_SECONDS = 5.0  # one /health request; a refused connection answers at once
 PROBE_TRIES = 2  # so the worst case (a server that accepts and never answers) is ~10 s, under 15
@@ -39,16 +40,6 @@ HTTP_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
-
-
-def is_server(uri: Optional[str]) -> bool:
-    return bool(uri) and uri.split("://", 1)[0].lower() in ("http", "https")
-
-
-def chosen_uri(explicit: Optional[str] = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the default store (unresolved: enough to
-    tell a server from a file)."""
-    return explicit or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
 
 
 RETRY_LOGGER = "urllib3.connectionpool"  # where urllib3 says "Retrying (...) after ..."

@@ -4,32 +4,43 @@ command line (the team server, the UI and the tests build theirs here). Pure Pyt
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+from harness.core.settings import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+
+SQLITE_PREFIX = "sqlite:///"
 
 
-from harness.track import remote
+def is_server(uri: Optional[str]) -> bool:
+    return bool(uri) and uri.split("://", 1)[0].lower() in ("http", "https")
+
+
+def chosen_uri(explicit: Optional[str] = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the default store (unresolved: enough to
+    tell a server from a file)."""
+    return explicit or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
 
 
 def resolve_uri(explicit: Optional[str] = None, create: bool = False) -> str:
     """The tracking URI: --tracking-uri, else $MLFLOW_TRACKING_URI, else the project's SQLite
     store. A relative SQLite path is made absolute (a server started elsewhere, or a later
     chdir, finds the same file); with `create`, the SQLite file's folder is made."""
-    uri = remote.chosen_uri(explicit)
+    uri = chosen_uri(explicit)
     db = sqlite_path(uri)
     if db is None:
         return uri
     if create:
         db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db.resolve()}"
+    return f"{SQLITE_PREFIX}{db.resolve()}"
 
 
 def sqlite_path(uri: str) -> Optional[Path]:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):])
+    """The database file of a `sqlite:///PATH` URI (None for any other store): the one SQLite-URI
+    parser, for the tracking store, the fast reader and the sweep's study storage alike."""
+    return Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None
 
 
 def store_exists(uri: Optional[str] = None) -> bool:
