@@ -9,7 +9,7 @@ import pytest
 
 from harness.track import fast_store
 from harness.track.uris import sqlite_path
-from harness.track.reader import RunReader
+from harness.track.reader import MlflowReader
 
 
 def same(a, b) -> bool:
@@ -28,7 +28,7 @@ def test_the_pinned_revision_is_the_one_mlflow_writes(records_store):
 
 def test_the_direct_reader_agrees_with_mlflows_client(records_store):
     uri, experiment = records_store["uri"], records_store["experiment"]
-    fast, client = fast_store.open_reader(uri, experiment), RunReader(uri, experiment)
+    fast, client = fast_store.open_reader(uri, experiment), MlflowReader(uri, experiment)
     for name in ("runs", "references"):
         ours, theirs = getattr(fast, name)(), getattr(client, name)()
         assert [r.run_id for r in ours] == [r.run_id for r in theirs], name
@@ -51,7 +51,7 @@ def test_an_unknown_schema_goes_through_mlflow(records_store, tmp_path, monkeypa
     shutil.copy(sqlite_path(records_store["uri"]), copy)
     monkeypatch.setattr(fast_store, "SUPPORTED_REVISIONS", frozenset({"000000000000"}))
     reader = fast_store.open_reader(f"sqlite:///{copy}", records_store["experiment"])
-    assert isinstance(reader, RunReader)
+    assert isinstance(reader, MlflowReader)
     assert reader.latest_finished("base").run_id == records_store["runs"]["base"]
     with sqlite3.connect(copy) as db:
         db.execute("DROP TABLE alembic_version")

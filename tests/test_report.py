@@ -320,7 +320,7 @@ def record(run_id, start, sha, profile="full", status="FINISHED", **metrics):
 
 
 class FakeStore:
-    """`find` over a list of records, as RunReader.latest_finished answers it."""
+    """`find` over a list of records, as a RunReader's latest_finished answers it."""
 
     def __init__(self, records: dict):
         self.records = records  # iteration -> [record]
@@ -431,10 +431,10 @@ def test_readme_block_refresh_is_idempotent_and_needs_markers(tmp_path):
 
 
 def test_table_over_a_missing_store_reads_not_run_and_creates_nothing(tmp_path, v2_book):
-    from harness.track.reader import RunReader
+    from harness.track.reader import MlflowReader
 
     uri = f"sqlite:///{tmp_path}/nowhere/mlflow.db"
-    rows = report.collect(v2_book, RunReader(uri, v2_book.experiment).latest_finished)
+    rows = report.collect(v2_book, MlflowReader(uri, v2_book.experiment).latest_finished)
     assert {r.state for r in rows} == {"not run"}
     assert not (tmp_path / "nowhere").exists()
 

@@ -78,8 +78,8 @@ def test_begin_answers_new_resume_or_skip_and_hands_out_records(tmp_path):
 
 
 def test_reader_over_a_missing_store_is_empty_and_creates_nothing(tmp_path):
-    from harness.track.reader import RunReader
+    from harness.track.reader import MlflowReader
 
-    reader = RunReader(f"sqlite:///{tmp_path}/none/mlflow.db", "exp")
+    reader = MlflowReader(f"sqlite:///{tmp_path}/none/mlflow.db", "exp")
     assert reader.latest_finished("one") is None
     assert not Path(tmp_path / "none").exists()

@@ -64,10 +64,6 @@ def heads_for(dataset: str) -> dict:
     return DATASET_HEADS[dataset]
 
 
-def is_single_head(dataset: str) -> bool:
-    return len(DATASET_HEADS[dataset]) == 1
-
-
 def majority_rates(dataset: str) -> dict:
     """Head -> share of its most frequent class ({} when unknown)."""
     return MAJORITY_RATES.get(dataset, {})

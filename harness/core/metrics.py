@@ -320,19 +320,6 @@ def selected_value(record_metrics: dict, dataset: str, head: Optional[str] = Non
     return record_metrics.get(selected_name(dataset, head or primary_head(dataset), short))
 
 
-def selected_columns(dataset: str) -> list[tuple[str, str]]:
-    """(header, summary metric) of every selected-checkpoint score of every head, then the
-    means: the per-head table of experiments/RESULTS.md."""
-    columns = []
-    for score in SCORES:
-        suffix = "" if score.short == ACC.short else f" {score.label.split()[0]}"
-        for head in heads_of(dataset):
-            label = score.label if single_head(dataset) else f"{head}{suffix}"
-            columns.append((label, selected_name(dataset, head, score.short)))
-        if not single_head(dataset):
-            columns.append((f"mean {score.label}", selected_mean_name(score.short)))
-    return columns
-
 
 def curve_panels(dataset: str) -> list[tuple[str, str, str]]:
     """(training metric, validation metric, title) of each training-curves panel: the loss,

@@ -61,12 +61,12 @@ UNFINISHED = (RUNNING, KILLED, "SCHEDULED")
 
 # A synthetic-data run's displayed name carries this mark (`eleventh · synthetic`); its
 # TAG_ITERATION stays the plain iteration name, which is what every look-up uses.
-SYNTHETIC_MARK = " · synthetic"
+SYNTHETIC_SUFFIX = " · synthetic"
 
 
 def display_name(iteration: str, synthetic: bool) -> str:
     """The parent run's name as the MLflow UI shows it."""
-    return iteration + (SYNTHETIC_MARK if synthetic else "")
+    return iteration + (SYNTHETIC_SUFFIX if synthetic else "")
 
 
 # Decision kinds.

@@ -105,7 +105,7 @@ def latest_references(records: list[RunRecord]) -> dict[tuple[str, str], RunReco
 
 
 @dataclass(frozen=True)
-class Score:
+class RunScore:
     """A head's validation accuracy as the table shows it, and where it came from."""
 
     value: Optional[float]
@@ -113,20 +113,20 @@ class Score:
     selected: bool  # the selected checkpoint's (else an older run's best epoch)
 
 
-def score(record: Optional[RunRecord], dataset: str, head: Optional[str] = None) -> Score:
+def score(record: Optional[RunRecord], dataset: str, head: Optional[str] = None) -> RunScore:
     """The selected checkpoint's accuracy of `head` (default: the primary head) and its epoch;
     for runs logged before the selected checkpoint existed, the best epoch's."""
     if record is None:
-        return Score(None, None, False)
+        return RunScore(None, None, False)
     head = head or contract.primary_head(dataset)
     found = record.metrics
     selected = found.get(contract.selected_name(dataset, head, contract.ACC.short))
     if selected is not None:
         epoch = found.get(contract.SELECTED_EPOCH)
-        return Score(selected, int(epoch) if epoch is not None else None, True)
+        return RunScore(selected, int(epoch) if epoch is not None else None, True)
     best = found.get(contract.best_val_acc(dataset, head))
     epoch = found.get(contract.BEST_EPOCH) if head == contract.primary_head(dataset) else None
-    return Score(best, int(epoch) if best is not None and epoch is not None else None, False)
+    return RunScore(best, int(epoch) if best is not None and epoch is not None else None, False)
 
 
 def balanced(record: Optional[RunRecord], dataset: str, head: Optional[str] = None) -> Optional[float]:

@@ -21,7 +21,7 @@ full main table (run id, start, profile, data, reported numbers) and one table p
 column per head. Committed rows whose runs this store does not know are kept (harness.report.committed).
 
 Runs are read by harness.track.fast_store.open_reader: straight from a SQLite store of a known schema,
-else through harness.track.reader.RunReader (MLflow's client). No TensorFlow, no pandas. The output
+else through harness.track.reader.MlflowReader (MLflow's client). No TensorFlow, no pandas. The output
 holds no timestamps but the runs' own start times, so running it twice yields identical bytes.
 """
 

@@ -99,27 +99,15 @@ class Trial:
             tracker.retag({TAG_TRIAL: str(self.trial.number), TAG_RETRY_OF: str(self.retry_of)})
         return self
 
-    # ---- the tracker, wrapped
+    # ---- the tracker (harness.track.protocols.Tracker), by composition: the events a trial
+    # does not change (run_id, model_built, pass_started, pass_finished, finish, log_model: a
+    # finished trial's selected checkpoint is registrable like any run's) are the tracker's own;
+    # replay, epoch_finished and fail also feed Optuna.
 
-    @property
-    def run_id(self) -> str:
-        return self.tracker.run_id
-
-    def model_built(self, *args) -> None:
-        self.tracker.model_built(*args)
-
-    def pass_started(self, *args) -> None:
-        self.tracker.pass_started(*args)
-
-    def pass_finished(self, *args) -> None:
-        self.tracker.pass_finished(*args)
-
-    def finish(self, *args) -> dict:
-        return self.tracker.finish(*args)
-
-    def log_model(self, *args, **kwargs) -> str:
-        """A finished trial is a run like any other: its selected checkpoint is registrable."""
-        return self.tracker.log_model(*args, **kwargs)
+    def __getattr__(self, name):
+        if name == "tracker":  # not watching yet
+            raise AttributeError(name)
+        return getattr(self.tracker, name)
 
     def replay(self, history) -> int:
         """Epochs a killed worker finished: to MLflow where missing, and all of them to Optuna

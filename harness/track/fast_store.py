@@ -6,7 +6,7 @@ Only a store whose schema this module knows is read this way: its alembic revisi
 `alembic_version`) must be one MLflow 3.17.2 writes (SUPPORTED_REVISIONS; tests/test_fast_store.py
 checks the pin against a store MLflow itself creates, and that both readers agree run for run).
 Any other store, a server (http://, https://) or a database MLflow reaches through SQLAlchemy
-(postgresql://, ...) goes through harness.tracking.RunReader, the MLflow client, instead:
+(postgresql://, ...) goes through harness.track.reader.MlflowReader, the MLflow client, instead:
 `open_reader` chooses. The database is opened read-only; nothing here writes, and a store file
 that does not exist reads as empty without being created. No MLflow, no TensorFlow.
 
@@ -160,7 +160,7 @@ class SqliteReader:
 
 def open_reader(uri: Optional[str], experiment: str):
     """The fastest reader that can answer for this store: SqliteReader for a local SQLite store
-    of a known schema, else harness.tracking.RunReader (MLflow's client: REST for a server)."""
+    of a known schema, else harness.track.reader.MlflowReader (MLflow's client: REST for a server)."""
     chosen = chosen_uri(uri)
     path = sqlite_path(chosen)
     if path is not None:
@@ -171,6 +171,6 @@ def open_reader(uri: Optional[str], experiment: str):
             return SqliteReader(path.resolve(), experiment, f"{SQLITE_PREFIX}{path.resolve()}")
         except UnsupportedStore:
             pass
-    from harness.track.reader import RunReader
+    from harness.track.reader import MlflowReader
 
-    return RunReader(chosen, experiment)
+    return MlflowReader(chosen, experiment)

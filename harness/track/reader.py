@@ -1,4 +1,4 @@
-"""`RunReader`: the runs of a store read through the MLflow client (a server, PostgreSQL, an unknown
+"""`MlflowReader`: the runs of a store read through the MLflow client (a server, PostgreSQL, an unknown
 SQLite schema); harness.track.fast_store reads a known SQLite store without MLflow.
 """
 
@@ -15,7 +15,7 @@ from harness.track.store import Store
 from harness.track.uris import resolve_uri, store_exists
 
 
-class RunReader:
+class MlflowReader:
     """Read-only look-ups for `harness table`: nothing is created, and a store that does not
     exist yet reads as empty."""
 

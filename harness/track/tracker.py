@@ -17,7 +17,7 @@ from harness.core import faults, metrics
 from harness.track.leases import Lease
 from harness.ledger.schema import Iteration
 from harness.core.records import (FAILED, FINISHED, KILLED, KIND_PASS, RUNNING, TAG_FAILURE_REASON,
-                                  TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, TAG_PRUNED, SYNTHETIC_MARK, TAG_SYNTHETIC, DataLineage, RunRecord, display_name)
+                                  TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, TAG_PRUNED, SYNTHETIC_SUFFIX, TAG_SYNTHETIC, DataLineage, RunRecord, display_name)
 from harness.track.layout import now_ms, params_of, run_tags, git_tags
 from harness.track.models import log_model
 
@@ -33,7 +33,7 @@ class RunTracker:
         self._children: dict[int, str] = {}
         # The pass runs are named after the iteration (or trial); only the parent's shown name
         # carries the synthetic-data mark.
-        self.name = (resumed.name.removesuffix(SYNTHETIC_MARK) if resumed is not None
+        self.name = (resumed.name.removesuffix(SYNTHETIC_SUFFIX) if resumed is not None
                      else run_name or iteration.name)
         self.monitor: Optional[SystemMetrics] = None
         self._longest_epoch = 0.0
