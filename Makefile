@@ -19,7 +19,7 @@ RUN_FLAGS = $(LEDGER_FLAG) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--
 quietly = $(1) >> $(SETUP_LOG) 2>&1 || { echo "setup: failed; the end of $(SETUP_LOG):"; tail -n 30 $(SETUP_LOG); exit 1; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run all table ui test test-fast bench lr-find validate list clean-venv server server-stop faults audit
+.PHONY: help setup run all table ui test test-fast lint bench lr-find validate list clean-venv server server-stop faults audit
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,10 +71,13 @@ lr-find: setup ## LR range test: make lr-find ITER=second
 	@test -n "$(ITER)" || { echo "usage: make lr-find ITER=name"; exit 2; }
 	$(BIN)/harness lr-find $(ITER) $(RUN_FLAGS)
 
-test: setup ## Run the whole test suite (real TensorFlow, MLflow and Chromium on CPU; ~12 min on 2 cores)
+lint: setup ## Check the layers contract (import-linter, .importlinter; docs/architecture.md)
+	$(BIN)/lint-imports
+
+test: setup lint ## Run the whole test suite (real TensorFlow, MLflow and Chromium on CPU; ~12 min on 2 cores)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup ## The tests not marked slow (the inner loop, ~2 min on 2 cores)
+test-fast: setup lint ## The tests not marked slow (the inner loop, ~2 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 faults: setup ## Run the fault suite (bad input, signals, kills, security) and write FAULTS.md
