@@ -48,6 +48,8 @@ class ConsoleReporter:
         pass_ = iteration.passes[index]
         start = "" if index == 0 else f", from pass {index}'s {pass_.resume_from}"
         stopping = f", early stopping patience {pass_.early_stopping.patience}" if pass_.early_stopping else ""
+        if pass_.max_seconds:
+            stopping += f", capped by measured cost at {pass_.max_seconds} s"
         # Rules that decide no layer are usually typos, or patterns meant for another backbone.
         unmatched = f" | freeze rules that decide no layer: {', '.join(freeze.unmatched)}" if freeze.unmatched else ""
         from harness.train.distribute import batch_phrase
@@ -106,11 +108,14 @@ class Prepared:
 
         return make_datasets(self.iteration, self.table, self.parts.train, self.parts.val, cache_dir=cache_dir)
 
-    def features(self):
-        """What the feature cache needs (harness.train.FeatureInputs)."""
+    def features(self, folder: Optional[Path] = None):
+        """What the feature cache needs (harness.train.FeatureInputs): features persisted in
+        `folder`, by default the work dir's features/ (settings.WorkDir.features)."""
+        from harness.settings import work_dir
         from harness.train import FeatureInputs
 
-        return FeatureInputs.of(self.iteration, self.table, self.parts.train, self.parts.val)
+        folder = folder if folder is not None else work_dir().features
+        return FeatureInputs.of(self.iteration, self.table, self.parts.train, self.parts.val, folder=folder)
 
     def lineage(self):
         """The data as the run's MLflow dataset input records it (harness.records.DataLineage)."""
@@ -120,8 +125,13 @@ class Prepared:
 
     def data_label(self, bundle) -> str:
         """The data as a pass header names it: folder, split sizes, image size."""
+        from harness.data.pixels import describe
+
         folder = Path(str(getattr(self.table, "folder", self.data_dir or self.iteration.data.name))).name
-        return f"{folder} ({bundle.n_train} train / {bundle.n_val} val, {self.iteration.data.image_size} px)"
+        backbone = self.iteration.backbone
+        encoding = describe(self.iteration.data.pixels, backbone.weights)
+        return (f"{folder} ({bundle.n_train} train / {bundle.n_val} val, {self.iteration.data.image_size} px, "
+                f"{encoding})")
 
 
 def prepare(book, name, profile, data_dir, skip_bad_rows, log, limit: Optional[int] = None,

@@ -39,7 +39,8 @@ REQUIRED_PROFILES = ("cpu", "smoke")
 # Switches added after runs were already logged, with the value every older run had: at that
 # value they stay out of the config sha, so finished runs are neither redone by `--all` nor marked
 # stale in the table for a key they never knew; any other value changes the sha as usual.
-SHA_NEUTRAL_DEFAULTS = {("compute", "distribute"): "none"}
+SHA_NEUTRAL_DEFAULTS = {("compute", "distribute"): "none",
+                        ("data", "pixels"): {"range": 1, "channels": "rgb", "mean": "none"}}
 
 
 # Absurd numbers are typos, refused where they are written rather than met as an out-of-memory
@@ -61,6 +62,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class PixelConfig(_Strict):
+    """How pixels reach a backbone trained from scratch (harness.data.pixels): the notes fed
+    `cv2.imread` as it is (range 255, bgr, no mean); keras.io's cifar10_resnet fed x/255 minus
+    the training set's per-pixel mean (range 1, rgb, per_pixel). Pretrained weights ignore it
+    and keep their own preprocessing."""
+
+    range: Literal[1, 255] = 1
+    channels: Literal["rgb", "bgr"] = "rgb"
+    mean: Literal["none", "per_pixel"] = "none"
+
+
 class DataConfig(_Strict):
     """Which dataset and how it is split and sized."""
 
@@ -73,6 +85,7 @@ class DataConfig(_Strict):
     # Cap on the number of rows used (profiles shrink data with it); None = all rows.
     limit: Optional[int] = Field(None, gt=0)
     cache: Literal["none", "memory", "disk"] = "none"
+    pixels: PixelConfig = PixelConfig()
 
     @field_validator("name")
     @classmethod
@@ -241,6 +254,10 @@ class PassConfig(_Strict):
     early_stopping: Optional[EarlyStopping] = None
     # Overrides the backbone's freeze policy for this pass.
     freeze: Optional[Freeze] = None
+    # A cap by measured cost, not by epoch count (profiles set it on passes that train on
+    # cached backbone features): the pass ends after the epoch whose measured time leaves
+    # less than one more epoch inside this many seconds. None: no cap.
+    max_seconds: Optional[int] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_lr_source(self):
@@ -343,6 +360,15 @@ class Iteration(_Strict):
                     )
         return self
 
+    def on_cached_features(self, index: int) -> bool:
+        """Whether pass `index` trains on cached backbone features (harness.train.feature_cache):
+        the backbone is frozen for the whole pass (its own `freeze`, else the backbone's) and no
+        augmentation changes the pixels between epochs."""
+        override = self.passes[index].freeze
+        policy = self.backbone.freeze if override is None else override
+        aug = self.augmentation
+        return self.compute.feature_cache and policy == "backbone" and not aug.flip and aug.cutout is None
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
@@ -357,6 +383,9 @@ class Iteration(_Strict):
         for (section, key), neutral in SHA_NEUTRAL_DEFAULTS.items():
             if trained[section].get(key) == neutral:
                 trained[section] = {k: v for k, v in trained[section].items() if k != key}
+        # The same for a pass's cost cap when unset (added after runs were logged).
+        trained["passes"] = [{k: v for k, v in p.items() if not (k == "max_seconds" and v is None)}
+                             for p in trained["passes"]]
         canonical = json.dumps(trained, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -371,12 +400,22 @@ class Iteration(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
 
 
+class CachedFeaturePasses(_Strict):
+    """A profile's rule for passes that train on cached backbone features, where an epoch costs
+    a second or two: they keep the ledger's epochs (no epoch cap, no patience cap), each capped
+    by its measured cost at `max_seconds` instead; when every pass of an iteration is such a
+    pass, it also keeps the ledger's image size and training batch."""
+
+    max_seconds: int = Field(gt=0)
+
+
 class Profile(_Strict):
     """An overlay on a resolved iteration that changes how much is computed, never what is
     modelled: `set` deep-merges into the iteration (only the keys in PROFILE_KEYS: image size,
     number of images, caching, batch size, compute switches), then every pass is capped at
     `max_epochs_per_pass` epochs (schedule boundaries scale with it), every early stopping at
-    `patience` epochs, and every training batch scaled by `batch_scale`."""
+    `patience` epochs, and every training batch scaled by `batch_scale`; passes on cached
+    features follow `cached_feature_passes` instead, when the profile has one."""
 
     description: str = ""
     set: dict[str, Any] = Field(default_factory=dict)
@@ -386,6 +425,7 @@ class Profile(_Strict):
     # optimizer steps an epoch at the ledger's LR, while iterations that differ in batch size
     # keep their ratio (256 vs 32 stays 8x).
     batch_scale: Optional[float] = Field(None, gt=0)
+    cached_feature_passes: Optional[CachedFeaturePasses] = None
 
 
 # What a profile may change: how much is computed, never the model, loss, optimizer, LR or data
@@ -678,9 +718,17 @@ def _written_at(lines: dict, chain: list[str], loc: tuple, fallback: int) -> int
 def _profiled(iteration: Iteration, profile: Profile) -> dict:
     """The iteration's dict with a profile on top: its `set` values, its caps on every pass's
     epochs and patience, its scale on the training batch."""
-    merged = deep_merge(iteration.to_dict(), profile.set)
-    merged["passes"] = [_cap_pass(p, profile.max_epochs_per_pass, profile.patience) for p in merged["passes"]]
-    if profile.batch_scale:
+    rule = profile.cached_feature_passes
+    cached = [bool(rule) and iteration.on_cached_features(i) for i in range(len(iteration.passes))]
+    overlay = profile.set
+    if all(cached):  # nothing trains the backbone: images at the ledger's size, batch as written
+        overlay = {**overlay, "data": {k: v for k, v in overlay.get("data", {}).items() if k != "image_size"}}
+        overlay.pop("batch_size", None)
+    merged = deep_merge(iteration.to_dict(), overlay)
+    merged["passes"] = [dict(p, max_seconds=rule.max_seconds) if on_features else
+                        _cap_pass(p, profile.max_epochs_per_pass, profile.patience)
+                        for p, on_features in zip(merged["passes"], cached)]
+    if profile.batch_scale and not all(cached):
         train = merged["batch_size"]["train"]
         merged["batch_size"] = dict(merged["batch_size"], train=max(1, round(train * profile.batch_scale)))
     return merged
