@@ -7,9 +7,9 @@
     data        --data            HARNESS_DATA           a synthetic set in data/ (harness.data.source)
 
 The tracking URI is resolved by harness.tracking.resolve_uri; the work dir here. The work dir
-holds what a run keeps locally and large: its checkpoints and run state, and decoded-image
-caches. It is its own setting, never derived from the tracking URI, so a run tracked on a remote
-server (http://...) keeps its files where the user says. Pure Python.
+holds what a run keeps locally and large: its checkpoints and run state, decoded-image caches
+and frozen-backbone features. It is its own setting, never derived from the tracking URI, so a
+run tracked on a remote server (http://...) keeps its files where the user says. Pure Python.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class WorkDir:
 
         <root>/<run_id>/   one run's state and checkpoints (harness.train.checkpoints)
         <root>/cache/      decoded-image caches (`data.cache: disk`)
+        <root>/features/   frozen-backbone features, shared by runs (harness.train.feature_cache)
     """
 
     root: Path
@@ -45,6 +46,10 @@ class WorkDir:
     @property
     def cache(self) -> Path:
         return self.root / "cache"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
 
 
 def work_dir(explicit: Optional[Union[str, Path]] = None) -> WorkDir:

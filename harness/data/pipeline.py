@@ -1,7 +1,10 @@
 """The tf.data input pipeline: table + split + iteration -> training and validation datasets.
 
-Elements are `(image, labels)`: image float32 in [0, 1] of shape (S, S, 3), labels a dict
-`{f"{head}_output": one-hot float32}` (cifar10: `class_output`), batched.
+Elements are `(image, labels)`: image float32 RGB in [0, 1] of shape (S, S, 3), labels a dict
+`{f"{head}_output": one-hot float32}` (cifar10: `class_output`), batched. The ledger's pixel
+encoding (`data.pixels`: the notes' BGR 0-255, a training mean) is the model's first layer
+(harness.data.pixels), so every path into a model feeds it these same [0, 1] images; for a
+per-pixel mean, `Datasets.pixel_mean` is the training split's.
 
 Training is an endless stream of epochs, each exactly `steps_per_epoch` full batches, so use
     model.fit(data.train, epochs=E, steps_per_epoch=data.steps_per_epoch, validation_data=data.val)
@@ -39,6 +42,7 @@ import tensorflow as tf
 
 from harness.data.augment import augment_batch
 from harness.core.labels import output_name
+from harness.data.pixels import training_mean
 
 DEFAULT_CACHE_DIR = "cache"
 
@@ -55,6 +59,9 @@ class Datasets:
     val_labels: dict[str, np.ndarray]  # the order `val` yields: confusion matrices
     steps_per_epoch: int
     batch_size: int  # training batch size actually used (smaller only if n_train is)
+    # The training split's per-pixel mean ((S, S, 3), [0, 1] RGB) when `data.pixels.mean` is
+    # per_pixel (harness.data.pixels): the model subtracts it; else None.
+    pixel_mean: Optional[np.ndarray]
     cache_path: Optional[Path]
     _stream: Callable[[int], tf.data.Dataset]
     _rows: Callable[[np.ndarray], tf.data.Dataset]
@@ -115,6 +122,10 @@ def make_datasets(iteration, table, train_idx, val_idx, cache_dir=None, features
                               num_parallel_calls=tf.data.AUTOTUNE)
         return batches.prefetch(tf.data.AUTOTUNE)
 
+    pixel_mean = None
+    if features is None and iteration.data.pixels.mean == "per_pixel":
+        train_images = _eval_batches(source, finish, train_idx, iteration.batch_size.eval)
+        pixel_mean = training_mean((x for x, _ in train_images.as_numpy_iterator()), size)
     return Datasets(
         val=_eval_batches(source, finish, val_idx, iteration.batch_size.eval),
         n_train=len(train_idx),
@@ -124,6 +135,7 @@ def make_datasets(iteration, table, train_idx, val_idx, cache_dir=None, features
         val_labels={h: v[val_idx] for h, v in table.labels.items()},
         steps_per_epoch=steps,
         batch_size=batch,
+        pixel_mean=pixel_mean,
         cache_path=source.cache_path,
         _stream=stream,
         _rows=lambda rows: _eval_batches(source, finish, rows, iteration.batch_size.eval),

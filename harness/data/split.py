@@ -52,7 +52,8 @@ def split_key(table, val_fraction: float, seed: int, validate_on_train: bool = F
     if validate_on_train:
         return f"{where}, validated on the training split (seed {seed}, val {val_fraction:g})"
     if table.predefined_split is not None:
-        return f"{where}, the dataset's own split"
+        train, test = (len(part) for part in table.predefined_split)
+        return f"{where}, the dataset's own split ({train} train / {test} test)"
     return f"{where}, val {val_fraction:g} seed {seed}"
 
 

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from harness.ledger.loader import MAX_LEDGER_BYTES, Path_, SWEEP_KEY, _TOP_LEVEL, _load_with_lines, _nearest
 from harness.ledger.resolve import _error_message, _file_loc, _innermost, _profiled, _written_at, deep_merge, validate_dict, with_changes
 from harness.ledger.suggest import _suggest
-from harness.ledger.schema import Iteration, LedgerError, PROFILE_KEYS, Profile, REQUIRED_PROFILES, profile_key_problems
+from harness.ledger.schema import Iteration, LedgerError, REQUIRED_PROFILES
+from harness.ledger.overlay import PROFILE_KEYS, Profile, profile_key_problems
 
 
 @dataclass

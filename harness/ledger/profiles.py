@@ -27,6 +27,16 @@ def _images(limit) -> str:
     return "all images (no limit)" if limit is None else f"at most {limit:,} images"
 
 
+def _cached_rule(profiled: ledger.Iteration, indices: list[int], seconds: str) -> str:
+    """The cached-feature rule as the first line states it: which passes, what they keep."""
+    kept = "their epochs"
+    if len(indices) == len(profiled.passes):
+        kept = f"the ledger's {profiled.data.image_size} px, batch and epochs"
+    verbs = ("trains", "keeps") if len(indices) == 1 else ("train", "keep")
+    return (f"{_passes(indices)} {verbs[0]} on cached backbone features and {verbs[1]} {kept}, "
+            f"each capped by measured cost at {seconds} s")
+
+
 def describe_changes(written: ledger.Iteration, profiled: ledger.Iteration) -> list[str]:
     """The profile's changes as short phrases, in a fixed order: image size, images, epochs,
     patience, batch, then anything else; per-pass changes that agree are said once."""
@@ -50,6 +60,9 @@ def describe_changes(written: ledger.Iteration, profiled: ledger.Iteration) -> l
     phrases.append(_images(profiled.data.limit))
     labels = {"epochs": "epochs a pass", "early_stopping.patience": "early-stopping patience"}
     for (field, old, new), indices in sorted(per_pass.items(), key=lambda item: (item[0][0] != "epochs", item[0])):
+        if field == "max_seconds":
+            phrases.append(_cached_rule(profiled, indices, new))
+            continue
         phrases.append(f"{labels.get(field, field)} {old}->{new} ({_passes(indices)})")
     if not any(p.startswith("batch") for p in others):
         phrases.append(f"batch {profiled.batch_size.train}/{profiled.batch_size.eval} (as written)")

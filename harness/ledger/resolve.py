@@ -15,7 +15,8 @@ from typing import Any, Optional
 from pydantic import BaseModel, ValidationError
 
 from harness.ledger.suggest import _suggest
-from harness.ledger.schema import Iteration, LedgerError, Profile
+from harness.ledger.schema import Iteration, LedgerError
+from harness.ledger.overlay import Profile
 
 
 # --------------------------------------------------------------------------- resolution
@@ -74,9 +75,17 @@ def _written_at(lines: dict, chain: list[str], loc: tuple, fallback: int) -> int
 def _profiled(iteration: Iteration, profile: Profile) -> dict:
     """The iteration's dict with a profile on top: its `set` values, its caps on every pass's
     epochs and patience, its scale on the training batch."""
-    merged = deep_merge(iteration.to_dict(), profile.set)
-    merged["passes"] = [_cap_pass(p, profile.max_epochs_per_pass, profile.patience) for p in merged["passes"]]
-    if profile.batch_scale:
+    rule = profile.cached_feature_passes
+    cached = [bool(rule) and iteration.on_cached_features(i) for i in range(len(iteration.passes))]
+    overlay = profile.set
+    if all(cached):  # nothing trains the backbone: images at the ledger's size, batch as written
+        overlay = {**overlay, "data": {k: v for k, v in overlay.get("data", {}).items() if k != "image_size"}}
+        overlay.pop("batch_size", None)
+    merged = deep_merge(iteration.to_dict(), overlay)
+    merged["passes"] = [dict(p, max_seconds=rule.max_seconds) if on_features else
+                        _cap_pass(p, profile.max_epochs_per_pass, profile.patience)
+                        for p, on_features in zip(merged["passes"], cached)]
+    if profile.batch_scale and not all(cached):
         train = merged["batch_size"]["train"]
         merged["batch_size"] = dict(merged["batch_size"], train=max(1, round(train * profile.batch_scale)))
     return merged

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -31,7 +31,8 @@ REQUIRED_PROFILES = ("cpu", "smoke")
 # Switches added after runs were already logged, with the value every older run had: at that
 # value they stay out of the config sha, so finished runs are neither redone by `--all` nor marked
 # stale in the table for a key they never knew; any other value changes the sha as usual.
-SHA_NEUTRAL_DEFAULTS = {("compute", "distribute"): "none"}
+SHA_NEUTRAL_DEFAULTS = {("compute", "distribute"): "none",
+                        ("data", "pixels"): {"range": 1, "channels": "rgb", "mean": "none"}}
 
 
 # Absurd numbers are typos, refused where they are written rather than met as an out-of-memory
@@ -53,6 +54,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class PixelConfig(_Strict):
+    """How pixels reach a backbone trained from scratch (harness.data.pixels): the notes fed
+    `cv2.imread` as it is (range 255, bgr, no mean); keras.io's cifar10_resnet fed x/255 minus
+    the training set's per-pixel mean (range 1, rgb, per_pixel). Pretrained weights ignore it
+    and keep their own preprocessing."""
+
+    range: Literal[1, 255] = 1
+    channels: Literal["rgb", "bgr"] = "rgb"
+    mean: Literal["none", "per_pixel"] = "none"
+
+
 class DataConfig(_Strict):
     """Which dataset and how it is split and sized."""
 
@@ -65,6 +77,7 @@ class DataConfig(_Strict):
     # Cap on the number of rows used (profiles shrink data with it); None = all rows.
     limit: Optional[int] = Field(None, gt=0)
     cache: Literal["none", "memory", "disk"] = "none"
+    pixels: PixelConfig = PixelConfig()
 
     @field_validator("name")
     @classmethod
@@ -233,6 +246,10 @@ class PassConfig(_Strict):
     early_stopping: Optional[EarlyStopping] = None
     # Overrides the backbone's freeze policy for this pass.
     freeze: Optional[Freeze] = None
+    # A cap by measured cost, not by epoch count (profiles set it on passes that train on
+    # cached backbone features): the pass ends after the epoch whose measured time leaves
+    # less than one more epoch inside this many seconds. None: no cap.
+    max_seconds: Optional[int] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_lr_source(self):
@@ -335,6 +352,15 @@ class Iteration(_Strict):
                     )
         return self
 
+    def on_cached_features(self, index: int) -> bool:
+        """Whether pass `index` trains on cached backbone features (harness.train.feature_cache):
+        the backbone is frozen for the whole pass (its own `freeze`, else the backbone's) and no
+        augmentation changes the pixels between epochs."""
+        override = self.passes[index].freeze
+        policy = self.backbone.freeze if override is None else override
+        aug = self.augmentation
+        return self.compute.feature_cache and policy == "backbone" and not aug.flip and aug.cutout is None
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
@@ -349,6 +375,9 @@ class Iteration(_Strict):
         for (section, key), neutral in SHA_NEUTRAL_DEFAULTS.items():
             if trained[section].get(key) == neutral:
                 trained[section] = {k: v for k, v in trained[section].items() if k != key}
+        # The same for a pass's cost cap when unset (added after runs were logged).
+        trained["passes"] = [{k: v for k, v in p.items() if not (k == "max_seconds" and v is None)}
+                             for p in trained["passes"]]
         canonical = json.dumps(trained, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -361,40 +390,3 @@ class Iteration(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
-
-
-class Profile(_Strict):
-    """An overlay on a resolved iteration that changes how much is computed, never what is
-    modelled: `set` deep-merges into the iteration (only the keys in PROFILE_KEYS: image size,
-    number of images, caching, batch size, compute switches), then every pass is capped at
-    `max_epochs_per_pass` epochs (schedule boundaries scale with it), every early stopping at
-    `patience` epochs, and every training batch scaled by `batch_scale`."""
-
-    description: str = ""
-    set: dict[str, Any] = Field(default_factory=dict)
-    max_epochs_per_pass: Optional[int] = Field(None, gt=0)
-    patience: Optional[int] = Field(None, gt=0)
-    # Every iteration's training batch times this (at least 1): fewer images a step means more
-    # optimizer steps an epoch at the ledger's LR, while iterations that differ in batch size
-    # keep their ratio (256 vs 32 stays 8x).
-    batch_scale: Optional[float] = Field(None, gt=0)
-
-
-# What a profile may change: how much is computed, never the model, loss, optimizer, LR or data
-# split (the ledger's modelling choices stay as written, so a cpu run is the same experiment,
-# smaller). A section name allows every key inside it.
-PROFILE_KEYS = ("data.image_size", "data.limit", "data.cache", "batch_size", "compute")
-
-
-def profile_key_problems(values: dict, prefix: str = "") -> list[str]:
-    """Dotted keys of a profile's `set` that change more than compute (see PROFILE_KEYS)."""
-    problems = []
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if any(dotted == allowed or dotted.startswith(allowed + ".") for allowed in PROFILE_KEYS):
-            continue
-        if isinstance(value, dict) and any(allowed.startswith(dotted + ".") for allowed in PROFILE_KEYS):
-            problems += profile_key_problems(value, dotted + ".")
-        else:
-            problems.append(dotted)
-    return problems

@@ -27,6 +27,7 @@ import keras
 from keras import layers
 
 from harness.core.errors import InputError
+from harness.data import pixels
 from harness.models import catalog
 
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
@@ -153,10 +154,47 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def preprocessing_layer(name: str, weights: Optional[str]) -> Optional[keras.layers.Layer]:
-    """The layer a model puts before backbone `name` with `weights`; None when it needs none."""
+@keras.saving.register_keras_serializable(package="harness")
+class PixelEncoding(keras.layers.Layer):
+    """[0, 1] RGB images -> the ledger's `data.pixels` (harness.data.pixels.encode: the notes'
+    BGR 0-255, or minus the training mean). No weights: the encoding and the training mean
+    are its config, so a .keras checkpoint, `harness eval`, `harness predict` and the MLflow
+    Model subtract the mean of the run that trained it."""
+
+    def __init__(self, range: int = 1, channels: str = "rgb", mean: str = "none",
+                 training_mean: Optional[str] = None, size: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.pixels = pixels.Encoding(range=range, channels=channels, mean=mean)
+        self.training_mean, self.size = training_mean, size
+        self._mean = pixels.mean_from_text(training_mean, size) if training_mean is not None else None
+
+    def call(self, images):
+        mean = None if self._mean is None else keras.ops.convert_to_tensor(self._mean, dtype=images.dtype)
+        return pixels.encode(images, self.pixels, mean, xp=keras.ops)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self.pixels.as_dict(), "training_mean": self.training_mean,
+                "size": self.size}
+
+
+def preprocessing_layer(name: str, weights: Optional[str], pixel_config=None,
+                        training_mean=None) -> Optional[keras.layers.Layer]:
+    """The layer a model puts before backbone `name` with `weights`: the weights' own
+    preprocessing when pretrained, else the ledger's pixel encoding (`pixel_config`, with the
+    training split's mean when it asks for one); None when it needs none."""
     spec = catalog.preprocessing_for(name, weights)
-    return Preprocess(spec.mode, name="preprocess") if spec is not None else None
+    if spec is not None:
+        return Preprocess(spec.mode, name="preprocess")
+    if pixel_config is None or pixels.is_identity(pixel_config):
+        return None
+    encoding = pixels.Encoding.of(pixel_config)
+    if encoding.mean == "per_pixel" and training_mean is None:
+        # A model built without data (`harness params`, the model summary): the encoding
+        # without its mean; training always passes the split's mean.
+        encoding = pixels.Encoding(encoding.range, encoding.channels, "none")
+    size = None if training_mean is None else int(training_mean.shape[0])
+    return PixelEncoding(**encoding.as_dict(), training_mean=pixels.mean_to_text(training_mean),
+                         size=size, name="pixels")
 
 
 # --------------------------------------------------------------------------- keras.applications

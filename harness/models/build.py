@@ -16,7 +16,8 @@ Single-head datasets (CIFAR-10) get one output, `class_output`, returned as a pl
 Keras logs its metrics without a head prefix (harness.metrics maps either form).
 
 A backbone with pretrained weights gets the catalog's preprocessing layer in front of it
-(harness.models.catalog); the feature cache and the head model split the graph at the neck, so
+(harness.models.catalog); one trained from scratch gets the ledger's pixel encoding
+(`data.pixels`, harness.data.pixels) unless that is plain [0, 1] RGB; the feature cache and the head model split the graph at the neck, so
 they follow the same path as the whole model.
 """
 
@@ -34,13 +35,15 @@ from harness.models.backbones import create_backbone, preprocessing_layer
 from harness.models.freeze import apply_freeze, policy_for
 
 
-def build_model(iteration, input_shape: Optional[tuple] = None, freeze: bool = True) -> keras.Model:
+def build_model(iteration, input_shape: Optional[tuple] = None, freeze: bool = True,
+                training_mean=None) -> keras.Model:
     """Build the model an Iteration describes (no compile, no training).
 
     `input_shape` defaults to (S, S, 3) with S = iteration.data.image_size. With `freeze` the
     policy in force for the first pass is applied (passes[0].freeze, else backbone.freeze), so
     `count_params(build_model(it))` gives the counts the first pass trains with; later passes
-    call `apply_freeze` again before recompiling.
+    call `apply_freeze` again before recompiling. `training_mean` is the training split's
+    per-pixel mean when `data.pixels.mean` asks for one (harness.data.pipeline.Datasets.pixel_mean).
     """
     size = iteration.data.image_size
     input_shape = tuple(input_shape) if input_shape is not None else (size, size, 3)
@@ -52,7 +55,7 @@ def build_model(iteration, input_shape: Optional[tuple] = None, freeze: bool = T
         raise InputError([f"{iteration.name}.{line}" for line in exc.lines]) from None
 
     inputs = keras.Input(shape=input_shape, name="image")
-    preprocess = preprocessing_layer(spec.name, spec.weights)
+    preprocess = preprocessing_layer(spec.name, spec.weights, iteration.data.pixels, training_mean)
     features = backbone(preprocess(inputs) if preprocess is not None else inputs)
     # One neck shared by all heads; one tower per head, in the dataset's head order.
     neck = _neck(features, iteration.head)

@@ -147,13 +147,23 @@ def is_synthetic(record: RunRecord) -> bool:
     return "synth" in f"{Path(record.data_dir).name} {record.name or ''}".lower()  # runs from before the tag
 
 
+# How the table names a dataset when it names its split too.
+DATASET_NAMES = {"cifar10": "CIFAR-10"}
+
+
 def data_label(record: RunRecord) -> str:
     """What the run trained and validated on, so a synthetic number never passes for a real one:
-    'hvc real (6,000 images)', 'hvc synthetic (64 images)'. The dataset and its image count come
+    'hvc real (6,000 images)', 'hvc synthetic (64 images)', 'CIFAR-10 real (5,085 train / 500 test)'.
+    The dataset and its image count come
     from the split tag ('hvc 1a2b3c4d5e6f 6000 rows, val 0.15 seed 1'); runs without one show the
     data folder's name (else the fingerprint)."""
-    found = re.match(r"(\S+) \S+ (\d+) rows", record.tags.get(TAG_SPLIT, ""))
+    split = record.tags.get(TAG_SPLIT, "")
+    found = re.match(r"(\S+) \S+ (\d+) rows", split)
     kind = "synthetic" if is_synthetic(record) else "real"
+    own = re.search(r"own split \((\d+) train / (\d+) test\)", split)
+    if found and own:  # CIFAR-10's own train and test batches
+        name = DATASET_NAMES.get(found.group(1), found.group(1))
+        return f"{name} {kind} ({int(own.group(1)):,} train / {int(own.group(2)):,} test)"
     if found:
         return f"{found.group(1)} {kind} ({int(found.group(2)):,} images)"
     return f"{Path(record.data_dir).name if record.data_dir else record.data_fingerprint} {kind}"

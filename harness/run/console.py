@@ -18,6 +18,8 @@ class ConsoleReporter:
         pass_ = iteration.passes[index]
         start = "" if index == 0 else f", from pass {index}'s {pass_.resume_from}"
         stopping = f", early stopping patience {pass_.early_stopping.patience}" if pass_.early_stopping else ""
+        if pass_.max_seconds:
+            stopping += f", capped by measured cost at {pass_.max_seconds} s"
         # Rules that decide no layer are usually typos, or patterns meant for another backbone.
         unmatched = f" | freeze rules that decide no layer: {', '.join(freeze.unmatched)}" if freeze.unmatched else ""
         from harness.train.distribute import batch_phrase

@@ -63,7 +63,8 @@ def range_test(iteration, data, min_lr: float, max_lr: float, steps: int, log=pr
     from harness.models import build_model, policy_for
     from harness.train.compile import compile_model, train_stream
 
-    model = build_model(iteration)  # the first pass's freeze policy is applied by build_model
+    # The first pass's freeze policy is applied by build_model; the pixel encoding is the data's.
+    model = build_model(iteration, training_mean=getattr(data, "pixel_mean", None))
     compile_model(model, iteration, iteration.passes[0])
     policy = policy_for(iteration, 0)
     log(f"lr-find {iteration.name}: up to {steps} batches of {data.batch_size}, LR {min_lr:g} -> {max_lr:g}, "

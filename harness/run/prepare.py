@@ -74,11 +74,14 @@ class Prepared:
 
         return make_datasets(self.iteration, self.table, self.parts.train, self.parts.val, cache_dir=cache_dir)
 
-    def features(self):
-        """What the feature cache needs (harness.train.FeatureInputs)."""
+    def features(self, folder: Optional[Path] = None):
+        """What the feature cache needs (harness.train.FeatureInputs): features persisted in
+        `folder`, by default the work dir's features/ (settings.WorkDir.features)."""
+        from harness.core.settings import work_dir
         from harness.train import FeatureInputs
 
-        return FeatureInputs.of(self.iteration, self.table, self.parts.train, self.parts.val)
+        folder = folder if folder is not None else work_dir().features
+        return FeatureInputs.of(self.iteration, self.table, self.parts.train, self.parts.val, folder=folder)
 
     def lineage(self):
         """The data as the run's MLflow dataset input records it (harness.records.DataLineage)."""
@@ -88,8 +91,13 @@ class Prepared:
 
     def data_label(self, bundle) -> str:
         """The data as a pass header names it: folder, split sizes, image size."""
+        from harness.data.pixels import describe
+
         folder = Path(str(getattr(self.table, "folder", self.data_dir or self.iteration.data.name))).name
-        return f"{folder} ({bundle.n_train} train / {bundle.n_val} val, {self.iteration.data.image_size} px)"
+        backbone = self.iteration.backbone
+        encoding = describe(self.iteration.data.pixels, backbone.weights)
+        return (f"{folder} ({bundle.n_train} train / {bundle.n_val} val, {self.iteration.data.image_size} px, "
+                f"{encoding})")
 
 
 def prepare(book, name, profile, data_dir, skip_bad_rows, log, limit: Optional[int] = None,

@@ -13,7 +13,9 @@ REST the cell is the file's base64 text, which MLflow decodes because the column
       -d "{\\"dataframe_split\\": {\\"columns\\": [\\"image\\"], \\"data\\": [[\\"$(base64 -w0 person.jpg)\\"]]}}"
 
 Each image is preprocessed as training fed it (harness.data.pipeline: JPEGs through the same
-decode and resize, scaled to [0, 1], the run's image size). The output: one row per image, for
+decode and resize, scaled to [0, 1], the run's image size); the model's own first layer then
+applies the ledger's pixel encoding with the training run's mean (harness.data.pixels), so
+nothing is computed from the images given here. The output: one row per image, for
 every head (in the label catalog's order) two columns: `{head}` the predicted class name and
 `{head}_prob` its probability. hvc: gender, gender_prob, image_quality, ..., emotion_prob.
 """

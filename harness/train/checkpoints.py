@@ -138,6 +138,15 @@ class RunState:
         right after the deciding epoch must not train the pass further)."""
         return pass_.early_stopping is not None and self.wait >= pass_.early_stopping.patience
 
+    def over_budget(self, index: int, pass_) -> bool:
+        """Whether pass `index` has spent its cost cap (`max_seconds`): one more epoch at its
+        mean measured epoch time would not fit. Counted from the recorded epochs, so a resumed
+        pass keeps the time its killed process spent."""
+        if pass_.max_seconds is None:
+            return False
+        seconds = [h["metrics"].get("epoch_seconds", 0.0) for h in self.history if h["pass"] == index]
+        return bool(seconds) and sum(seconds) * (1 + 1 / len(seconds)) > pass_.max_seconds
+
     def stopping_best(self, index: int, pass_) -> Optional[dict]:
         """{"value", "step"}: the best value of pass `index`'s early-stopping monitor so far."""
         monitor = pass_.early_stopping.monitor

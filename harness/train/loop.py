@@ -90,12 +90,13 @@ def divergence(values: dict, history: list, index: int, epoch: int) -> Optional[
     return None
 
 
-def new_model(iteration: Iteration, index: int):
+def new_model(iteration: Iteration, index: int, training_mean=None):
     """(model, FreezeSummary): pass `index`'s model, built with the pass's freeze policy
-    applied, before any weights are restored (Runner.restore does that, and compiles)."""
+    applied, before any weights are restored (Runner.restore does that, and compiles).
+    `training_mean`: the data's per-pixel mean, when the pixel encoding subtracts one."""
     from harness.models import apply_freeze, build_model, policy_for
 
-    model = build_model(iteration, freeze=False)
+    model = build_model(iteration, freeze=False, training_mean=training_mean)
     synchronize_batch_norm(model, iteration.compute.distribute)
     return model, apply_freeze(model, policy_for(iteration, index))
 
@@ -118,6 +119,14 @@ def evaluate(model, data, dataset: str) -> tuple[dict, dict]:
     example) of `model` on `data`'s validation set."""
     evaluated = metrics.from_keras_logs(model.evaluate(val_stream(data), return_dict=True, verbose=0), dataset)
     return dict(sorted(evaluated.items())), predict_classes(model, data)
+
+
+def budget_line(index: int, pass_: PassConfig, state: RunState) -> str:
+    """The line for a pass its cost cap ended: where, and the measured cost."""
+    seconds = [h["metrics"].get(metrics.EPOCH_SECONDS, 0.0) for h in state.history if h["pass"] == index]
+    return (f"   pass {index + 1} ended after epoch {state.epochs_in_pass}/{pass_.epochs} by its cost cap: "
+            f"{sum(seconds):.0f} s spent at {sum(seconds) / len(seconds):.1f} s an epoch, cap {pass_.max_seconds} s "
+            f"(the profile's; --profile full trains every epoch); the best checkpoint by {pass_.monitor} is kept")
 
 
 def early_stop_line(index: int, pass_: PassConfig, state: RunState) -> str:
@@ -249,6 +258,9 @@ class Runner:
             model.stop_training = True
             self.stopped_early = True
         state.record_epoch(self.folder, index, values, snapshot)
+        if state.epochs_in_pass < pass_.epochs and state.over_budget(index, pass_):
+            model.stop_training = True
+            self.stopped_early = True
         faults.reach("after-snapshot")
         self.reporter.epoch_finished(index, step, values)
 
@@ -275,7 +287,7 @@ class Runner:
 
         it, pass_ = self.iteration, self.iteration.passes[index]
         seed_pass(it.seed, index)  # the pass's model is the same in a fresh and a resumed process
-        model, freeze = new_model(it, index)
+        model, freeze = new_model(it, index, getattr(self.bundle, "pixel_mean", None))
         self.reporter.pass_started(index, it, freeze)
         self.restore(index, model)
         self.full_model, fit_model, data = model, model, self.bundle
@@ -284,7 +296,8 @@ class Runner:
             fit_model = head_model(model)
             compile_model(fit_model, it, pass_, optimizer=model.optimizer)  # shared: saved with the model
         self.state.start_pass(index)
-        self.stopped_early = self.state.stopped(pass_)
+        self.stopped_early = self.state.stopped(pass_) or (
+            self.state.epochs_in_pass < pass_.epochs and self.state.over_budget(index, pass_))
         if self.state.epochs_in_pass < pass_.epochs and not self.stopped_early:
             fit_epochs(fit_model, it, data, self.state, pass_,
                        # progress first: its line ends before the epoch's
@@ -294,7 +307,8 @@ class Runner:
             save_last_good(self.folder, self.state, index, model)
             raise TrainingDiverged(self.diverged)
         if self.stopped_early:
-            self.log(early_stop_line(index, pass_, self.state))
+            self.log(early_stop_line(index, pass_, self.state) if self.state.stopped(pass_)
+                     else budget_line(index, pass_, self.state))
         keep_pass_models(self.folder, index, pass_, model)
         evaluated, predictions = evaluate(fit_model, data, self.dataset)
         best = self.state.best.get(str(index))
