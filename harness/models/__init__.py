@@ -2,6 +2,7 @@
 
 The names below load on first use, so `import harness.models` alone stays cheap: `catalog` is
 pure Python (the ledger validates from it); `backbones`, `build` and `freeze` import Keras.
+May import: harness.data (the pixel encoding of a model's first layer), harness.core.
 """
 
 _EXPORTS = {

@@ -1,4 +1,7 @@
-"""Training one iteration (no YAML, no MLflow; TensorFlow is imported when training starts).
+"""Training one iteration (no MLflow, no YAML parsing: it gets the ledger's resolved Iteration;
+TensorFlow is imported when training starts).
+
+May import: harness.ledger (the Iteration it trains), harness.models, harness.data, harness.core.
 
     loop.py           the Runner: passes, LR schedules, early stopping, divergence, resume;
                       the Reporter protocol it reports to
