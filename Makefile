@@ -19,7 +19,7 @@ RUN_FLAGS = $(LEDGER_FLAG) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--
 quietly = $(1) >> $(SETUP_LOG) 2>&1 || { echo "setup: failed; the end of $(SETUP_LOG):"; tail -n 30 $(SETUP_LOG); exit 1; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run all table ui test test-fast lint bench lr-find validate list clean-venv server server-stop faults audit
+.PHONY: help setup run all table ui test test-fast coverage lint bench lr-find validate list clean-venv server server-stop faults audit
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -74,11 +74,18 @@ lr-find: setup ## LR range test: make lr-find ITER=second
 lint: setup ## Check the layers contract (import-linter, .importlinter; docs/architecture.md)
 	$(BIN)/lint-imports
 
-test: setup lint ## Run the whole test suite (real TensorFlow, MLflow and Chromium on CPU; ~12 min on 2 cores)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Two xdist workers; the team-server tests share one worker, the Ray tests another (tests/conftest.py).
+XDIST := -n 2 --dist loadgroup
 
-test-fast: setup lint ## The tests not marked slow (the inner loop, ~2 min on 2 cores)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+test: setup lint ## Run the whole test suite, 2 workers (real TensorFlow, MLflow and Chromium on CPU; the load test 5 s)
+	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+coverage: setup ## The whole suite with line coverage of harness/ (terminal summary, HTML in mlruns/coverage)
+	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest $(XDIST) --cov=harness \
+	  --cov-report=term:skip-covered --cov-report=html:mlruns/coverage $(PYTEST_ARGS)
+
+test-fast: setup lint ## The inner loop: no training, no servers, no browser, no fault suite (tests/conftest.py markers)
+	$(BIN)/python -m pytest $(XDIST) -m "not train and not server and not browser and not faults and not slow" $(PYTEST_ARGS)
 
 faults: setup ## Run the fault suite (bad input, signals, kills, security) and write FAULTS.md
 	$(BIN)/python -m tests.faults_report --out FAULTS.md $(PYTEST_ARGS)

@@ -5,6 +5,9 @@
   beside the checkout; the session header says which, and each real-data test that skips says why.
 - The session fails if it changed a tracked file of the repository (`git status --porcelain`
   before and after): tests and benchmarks write only to temporary folders.
+- Trainings log no system metrics (HARNESS_SYSTEM_METRICS=0) unless a test asks for them.
+- Each test carries cost markers (train, subprocess, server, browser, real; faults and slow where
+  its module says so), given at collection (the end of this file).
 - `records_store`: one real MLflow store of hand-made runs (tests/store_builder.py) for the
   read-only commands.
 """
@@ -69,6 +72,19 @@ def tracked_files_untouched():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def no_system_metrics():
+    """Trainings sample no MLflow system metrics (a monitor thread per run) unless a test asks for
+    them (HARNESS_SYSTEM_METRICS=0, inherited by subprocesses); test_models_registry's does."""
+    previous = os.environ.get("HARNESS_SYSTEM_METRICS")
+    os.environ["HARNESS_SYSTEM_METRICS"] = "0"
+    yield
+    if previous is None:
+        os.environ.pop("HARNESS_SYSTEM_METRICS", None)
+    else:
+        os.environ["HARNESS_SYSTEM_METRICS"] = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def isolated_work_dir(tmp_path_factory):
     """Runs keep their checkpoints and state in a temporary work dir, never in the repository's
     mlruns/work (subprocesses inherit it through HARNESS_WORK_DIR)."""
@@ -111,3 +127,44 @@ def team_database(team_server):
     from pg_server import new_database
 
     return lambda name: new_database(team_server, name)
+
+
+# --------------------------------------------------------------------------- markers by cost
+# Each test gets the cost markers of what it does (setup.cfg lists them; `make test-fast` leaves
+# out train, subprocess-heavy, server, browser and faults). A module's own `pytestmark` (slow,
+# faults) is kept. The marks are given here, by module and by fixture, so that a new test in a
+# module is marked without anyone remembering to.
+TRAINS = {"test_train", "test_data_learnability", "test_distribute", "test_parallel", "test_real_learning",
+          "test_sweep", "test_concurrency", "test_models_registry", "test_reference", "test_feature_cache",
+          "test_lrfind", "test_server", "test_pixels", "test_faults_resume", "test_faults_signals",
+          "test_faults_state", "test_faults_store", "test_faults_server"}
+SUBPROCESSES = {"test_cli", "test_concurrency", "test_distribute", "test_everyday", "test_faults_resume",
+                "test_faults_server", "test_faults_signals", "test_faults_state", "test_faults_store",
+                "test_parallel", "test_runs_compare", "test_sweep", "test_train", "test_ui_browser"}
+SERVERS = {"test_server", "test_faults_server"}  # and every test that uses the team_server fixture
+BROWSERS = {"test_ui_browser"}
+REAL = {"test_data_real", "test_real_learning"}
+RAY = {"test_parallel", "test_distribute"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        marks = {name for name, names in (("train", TRAINS), ("subprocess", SUBPROCESSES), ("browser", BROWSERS),
+                                          ("real", REAL)) if module in names}
+        if item.get_closest_marker("slow") and module not in BROWSERS:
+            marks.add("train")
+        if module in SERVERS or "team_server" in fixtures:
+            marks.add("server")
+        if "real_data" in fixtures:
+            marks.add("real")
+        for mark in sorted(marks):
+            item.add_marker(getattr(pytest.mark, mark))
+        # pytest-xdist (`make test` runs -n 2 --dist loadgroup): the tests on the session's team
+        # server share one worker, hence one PostgreSQL and one MLflow server; the Ray tests
+        # share another, so that two Ray heads never start at once on two cores.
+        if "server" in marks:
+            item.add_marker(pytest.mark.xdist_group("server"))
+        elif module in RAY:
+            item.add_marker(pytest.mark.xdist_group("ray"))

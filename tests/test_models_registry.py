@@ -81,7 +81,8 @@ def trained(tmp_path_factory):
     book = ledger.load(root / "ledger.yaml")
     uri = f"sqlite:///{root}/store/mlflow.db"
     lines = []
-    code = run_iteration(book, "eleventh", profile="smoke", data_dir=str(data), tracking_uri=uri, log=lines.append)
+    code = run_iteration(book, "eleventh", profile="smoke", data_dir=str(data), tracking_uri=uri, log=lines.append,
+                         system_metrics=True)  # the one training that tests them (conftest turns them off)
     assert code == 0, lines
     store = Store(uri)
     run = store.runs("person-attributes", "eleventh")[0]

@@ -93,8 +93,9 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                    help="train the iterations at once as Ray tasks (pip install -e .[cluster]): auto (default) "
                         "joins $RAY_ADDRESS or starts a head on 127.0.0.1; or a cluster's HOST:PORT")
-    p.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
-                   help="do not log CPU, memory, disk and GPU use (MLflow system metrics, on by default)")
+    p.add_argument("--no-system-metrics", dest="system_metrics", action="store_false", default=None,
+                   help="do not log CPU, memory, disk and GPU use (MLflow system metrics; on unless "
+                        "$HARNESS_SYSTEM_METRICS=0)")
     _add_tracking(p)
     _add_work_dir(p)
     p.set_defaults(func=cmd_run)

@@ -57,3 +57,14 @@ def work_dir(explicit: Optional[Union[str, Path]] = None) -> WorkDir:
     changes nothing. Creates nothing."""
     chosen = explicit or os.environ.get(WORK_DIR_ENV) or DEFAULT_WORK_DIR
     return WorkDir(Path(chosen).expanduser().resolve())
+
+
+SYSTEM_METRICS_ENV = "HARNESS_SYSTEM_METRICS"  # "0": runs log no system metrics unless asked (the tests)
+
+
+def system_metrics(explicit: Optional[bool] = None) -> bool:
+    """Whether a run samples MLflow's system metrics: --no-system-metrics, else
+    $HARNESS_SYSTEM_METRICS (0 off), else on."""
+    if explicit is not None:
+        return explicit
+    return os.environ.get(SYSTEM_METRICS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Protocol
 
-from harness.core import metrics, signals
+from harness.core import metrics, settings, signals
 from harness.core.records import (KILLED, NEW, RESUME, SKIP, Decision)
 from harness.run.console import ConsoleReporter
 from harness.run.halts import halted_by
@@ -48,7 +48,7 @@ def check_places(tracking_uri: Optional[str], work_root: Path) -> None:
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
                   skip_bad_rows: bool = False, skip_finished: bool = False, limit: Optional[int] = None,
-                  variant: Optional[Variant] = None, system_metrics: bool = True, log=print) -> int:
+                  variant: Optional[Variant] = None, system_metrics: Optional[bool] = None, log=print) -> int:
     """Train one iteration (or a `variant` of it); returns an exit code (0 done or skipped, 1 diverged).
     Another process training it already (this work dir's lock, or a live lease on the store):
     refused with IterationHeld before anything is written (harness.lease)."""
@@ -61,7 +61,8 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
                        changes=variant.changes if variant else None)
     # A sweep's workers train trials of one iteration at once: each trial is its own lock.
     with IterationLock(work.root, book.experiment, variant.run_name if variant else name) as lock:
-        return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log, variant, system_metrics)
+        return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log, variant,
+                           settings.system_metrics(system_metrics))
 
 
 def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool, skip_finished: bool, log,
