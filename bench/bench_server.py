@@ -3,7 +3,7 @@ server, and the per-run figures docs/scaling.md builds its estimate on.
 
     HARNESS_HVC_REAL=../shared/data/hvc .venv/bin/python bench/bench_server.py [--json]
 
-A throwaway server is started through harness.server, as `make server` starts one (PostgreSQL
+A throwaway server is started through harness.services.server, as `make server` starts one (PostgreSQL
 from Debian's binaries with its durable defaults, `mlflow server` with 2 workers, both on
 127.0.0.1), in a temporary folder, and stopped by PID at the end.
 

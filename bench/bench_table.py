@@ -40,7 +40,7 @@ def epoch_values(step: int, run: int) -> dict:
 
 def populate(uri: str, n_runs: int) -> None:
     """Finished (and some failed) parent runs laid out as `harness run` logs them, each written
-    in one go by harness.tracking.record_finished_run."""
+    in one go by harness.track.record_finished_run."""
     from harness import ledger
     from harness.core import records
     from harness.track.store import Store

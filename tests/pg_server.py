@@ -1,5 +1,5 @@
 """A throwaway team server for tests: a PostgreSQL cluster and `mlflow server` over it, both on
-free 127.0.0.1 ports, started by harness.server's own code (as `make server` does) and stopped by
+free 127.0.0.1 ports, started by harness.services.server's own code (as `make server` does) and stopped by
 PID. conftest.py turns it into the session fixtures `team_server` and `team_database`; any test
 file uses them by naming them (the Ray and sweep tests too), so a session starts one server.
 

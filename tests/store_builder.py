@@ -1,4 +1,4 @@
-"""A real MLflow store (SQLite, written by MLflow through harness.tracking.record_finished_run)
+"""A real MLflow store (SQLite, written by MLflow through harness.track.record_finished_run)
 holding the runs the read-only commands must tell apart, without training anything:
 
     base      FINISHED, selected checkpoint logged (selected_val_*_acc/_bacc, selected_epoch), split A, real data

@@ -83,7 +83,7 @@ def test_show_and_list_across_ledgers():
 def test_tensorflow_import_lines_only_with_verbose():
     """TensorFlow 2.21 prints its oneDNN notice and absl's pre-init warning from C++ while it is
     imported, before TF_CPP_MIN_LOG_LEVEL applies: a command that builds a model prints neither
-    (harness.quiet sends that one import's stderr to a sink), and with -v both show."""
+    (harness.core.quiet sends that one import's stderr to a sink), and with -v both show."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_TRACKING_URI")}
     noise = ("oneDNN custom operations", "absl::InitializeLog")
     quiet = subprocess.run([sys.executable, "-m", "harness.cli", "params", "first"], cwd=REPO, capture_output=True,

@@ -1,4 +1,4 @@
-"""harness.fast_store reads a SQLite store directly: it must agree with MLflow's own client run
+"""harness.track.fast_store reads a SQLite store directly: it must agree with MLflow's own client run
 for run, accept the schema MLflow 3.17.2 writes, and hand any other store to the client."""
 
 import math

@@ -2,13 +2,13 @@
 processes, a real SIGKILL, real TensorFlow training, real SQLite and PostgreSQL stores.
 
 Killed mid-run, the behaviour chosen is "the run survives a short outage": MLflow's HTTP client
-retries a failed request (harness.remote bounds it: 6 retries, urllib3 backoff 0, 2, 4, 8, 16,
+retries a failed request (harness.track.remote bounds it: 6 retries, urllib3 backoff 0, 2, 4, 8, 16,
 32 s, so about 60 s), and a server back within that window answers the very call that met it dead,
 so the run goes on and every metric arrives. The moment is named, not timed: the run pauses
 after epoch 2's snapshot, before epoch 2 is logged (HARNESS_FAULT=after-snapshot:2:pause); the
 test SIGKILLs the server's process group, releases the run, waits until the run's log shows a
 refused request ("tracking server ... did not answer (connection refused); MLflow retries for
-about 62 s", harness.remote.RetryNotice), then restarts the server on the same port and file.
+about 62 s", harness.track.remote.RetryNotice), then restarts the server on the same port and file.
 
 The load tests run tests/tracking_load.py (see there): 20 forked processes, each a run's
 RunTracker.epoch_finished in a loop for $HARNESS_LOAD_SECONDS (default 20; the issue's figure is
@@ -39,7 +39,7 @@ LOAD_WORKERS = 20
 
 
 class SqliteServer:
-    """A plain `mlflow server` over a SQLite file (harness.tracking.server_command) on a free
+    """A plain `mlflow server` over a SQLite file (harness.track.server_command) on a free
     127.0.0.1 port, in a process group of its own so that a SIGKILL reaches its workers too;
     started again on the same port and file after a kill. Stopped by its group's id."""
 

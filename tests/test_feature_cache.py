@@ -215,7 +215,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from harness import ledger
-from harness.settings import work_dir
+from harness.core.settings import work_dir
 import test_feature_cache as t
 
 book = ledger.load({ledger!r})

@@ -1,4 +1,4 @@
-"""The metric contract (harness.metrics): names, Keras log mapping, summary, console lines. No TensorFlow."""
+"""The metric contract (harness.core.metrics): names, Keras log mapping, summary, console lines. No TensorFlow."""
 
 import subprocess
 import sys

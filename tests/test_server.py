@@ -2,7 +2,7 @@
 
 The session's server (conftest.team_server) is real: a PostgreSQL cluster initialized and started
 from Debian's binaries and `mlflow server` over it with proxied artifacts, both on 127.0.0.1,
-started and stopped by harness.server's own code. Training is real TensorFlow on tiny data."""
+started and stopped by harness.services.server's own code. Training is real TensorFlow on tiny data."""
 
 import json
 import urllib.error

@@ -1,5 +1,5 @@
 """A load test of one tracking store: N real OS processes log per-epoch metric batches through
-harness.tracking for a fixed time, then every value is read back from the store's database.
+harness.track for a fixed time, then every value is read back from the store's database.
 
     .venv/bin/python -m tests.tracking_load URI [--db-uri DB] [--workers 20] [--seconds 60] [--json]
 
@@ -9,7 +9,7 @@ as fast as the store answers: per epoch one log_batch on the parent run (36 metr
 contract and the lease renewal) and one on the pass run (the same 36), steps 1, 2, 3, ...
 Values are chosen from (worker, step, metric), so the read-back checks every one of them.
 
-Why fork: importing harness.tracking (MLflow) costs seconds of CPU; twenty imports on a small
+Why fork: importing harness.track (MLflow) costs seconds of CPU; twenty imports on a small
 machine would cost more than the test. The launcher imports once, then forks the workers
 before any of them opens a store (no SQLAlchemy engine or HTTP session is shared). The
 workers start logging together (a pipe as barrier) after their runs exist; the window counts

@@ -10,7 +10,7 @@ from harness.core.settings import DEFAULT_LEDGER
 
 def _ledger(args, name=None):
     """The ledger a command reads: --ledger, else the one holding iteration `name`
-    (harness.ledgers.locate: runs.yaml first, then experiments/*.yaml), else runs.yaml."""
+    (harness.ledger.locate.locate: runs.yaml first, then experiments/*.yaml), else runs.yaml."""
     from harness import ledger
     from harness.ledger.locate import locate
 

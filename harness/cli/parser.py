@@ -40,7 +40,7 @@ def _add_training_inputs(parser):
 
 
 def _add_model_commands(sub) -> None:
-    """register, models, predict: a finished run's MLflow Model (harness.registry)."""
+    """register, models, predict: a finished run's MLflow Model (harness.serve.registry)."""
     p = sub.add_parser("register", help="register the latest finished run's model (registered model = the experiment)")
     p.add_argument("iteration")
     p.add_argument("--alias", default=None, metavar="A", help="also point this alias at the new version (champion, say)")

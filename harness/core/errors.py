@@ -18,7 +18,7 @@ class InputError(Exception):
 
 class TrackingUnreachable(InputError):
     """The tracking server named by --tracking-uri / MLFLOW_TRACKING_URI did not answer its
-    health check in time (harness.remote). Nothing was written; the line names the URI."""
+    health check in time (harness.track.remote). Nothing was written; the line names the URI."""
 
 
 class IterationHeld(InputError):

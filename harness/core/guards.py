@@ -26,7 +26,7 @@ def check_tracking_uri(uri: str, where: str = "--tracking-uri") -> None:
                          f"use a SQLite file (sqlite:///PATH/mlflow.db) or a server (http://HOST:PORT)")
     if scheme not in SCHEMES:
         raise InputError(f"{where} {uri}: unknown scheme '{scheme}'; use sqlite:///PATH or http://HOST:PORT")
-    # http(s): harness.remote probes the server (one line, bounded retries) before any command runs.
+    # http(s): harness.track.remote probes the server (one line, bounded retries) before any command runs.
 
 
 def check_work_dir(root: Path, where: str = "--work-dir") -> None:

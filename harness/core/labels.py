@@ -49,7 +49,7 @@ CIFAR10_CLASSES = (
 
 DATASET_HEADS = {
     "hvc": HVC_HEADS,
-    # Single-head dataset: its metrics carry no head name (see harness.metrics).
+    # Single-head dataset: its metrics carry no head name (see harness.core.metrics).
     "cifar10": {"class": CIFAR10_CLASSES},
 }
 

@@ -235,7 +235,7 @@ def from_keras_logs(logs: dict, dataset: str) -> dict:
         kind = by_keras.get(kind_name)
         if head is None or kind is None:
             raise UnknownMetric(f"Keras logged '{key}', which has no name in the metric contract: "
-                                f"add its kind to harness.metrics.KINDS")
+                                f"add its kind to harness.core.metrics.KINDS")
         out[head_metric(dataset, head, kind.short, val)] = float(value)
     return out
 

@@ -1,6 +1,6 @@
-"""What harness.tracking hands out, without MLflow: run records, resume decisions, tag names.
+"""What harness.track hands out, without MLflow: run records, resume decisions, tag names.
 
-harness.tracking is the only module that imports mlflow, and it never returns an MLflow object:
+harness.track is the only module that imports mlflow, and it never returns an MLflow object:
 runs come back as `RunRecord`s, and `Store.begin` answers "new, resume or skip" as a `Decision`.
 This module is their vocabulary, importable without MLflow (harness.report reads records; the
 table must not pay for importing MLflow before it needs to read the store).
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 # Tags the harness writes on its runs; MLflow's own (mlflow.parentRunId, mlflow.source.*) are
-# written by harness.tracking.
+# written by harness.track.
 TAG_KIND = "harness.kind"  # KIND_ITERATION (a parent run), KIND_PASS (its child) or KIND_LR_FIND
 TAG_ITERATION = "harness.iteration"  # the ledger's iteration name
 TAG_EXTENDS = "harness.extends"  # its parent iteration ("" for a root)
@@ -39,7 +39,7 @@ TAG_RETRY_OF = "harness.retry_of"  # the trial a killed worker left, which this 
 TAG_PRUNED = "harness.pruned"  # "true" on a trial run the pruner stopped (status KILLED)
 
 # MLflow's own experiment tag: the UI opens an experiment tagged custom_model_development on its
-# runs table instead of the GenAI overview (harness.tracking tags every experiment it creates).
+# runs table instead of the GenAI overview (harness.track tags every experiment it creates).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 

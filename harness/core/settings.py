@@ -6,7 +6,7 @@
     work dir    --work-dir        HARNESS_WORK_DIR       ./mlruns/work
     data        --data            HARNESS_DATA           a synthetic set in data/ (harness.data.source)
 
-The tracking URI is resolved by harness.tracking.resolve_uri; the work dir here. The work dir
+The tracking URI is resolved by harness.track.resolve_uri; the work dir here. The work dir
 holds what a run keeps locally and large: its checkpoints and run state, decoded-image caches
 and frozen-backbone features. It is its own setting, never derived from the tracking URI, so a
 run tracked on a remote server (http://...) keeps its files where the user says. Pure Python.

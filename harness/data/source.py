@@ -52,7 +52,7 @@ def open_dataset(iteration, data_dir: Optional[Union[str, Path]] = None, skip_ba
 
 
 def lineage(table, train_rows, val_rows):
-    """What the run's MLflow dataset input records about its data (harness.records.DataLineage)."""
+    """What the run's MLflow dataset input records about its data (harness.core.records.DataLineage)."""
     from harness.data.synth import is_synthetic
     from harness.core.records import DataLineage
 

@@ -30,7 +30,7 @@ class Ledger:
     profiles: dict[str, Profile]
     raw_iterations: dict[str, dict]
     lines: dict[Path_, int] = field(repr=False, default_factory=dict)
-    # Iteration -> its `sweep:` block as written (dotted field -> range; harness.sweep_space
+    # Iteration -> its `sweep:` block as written (dotted field -> range; harness.ledger.space
     # reads it). Kept out of raw_iterations: a search space is not trained, nor inherited.
     sweeps: dict[str, dict] = field(default_factory=dict)
 

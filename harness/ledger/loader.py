@@ -107,7 +107,7 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int]]:
 # --------------------------------------------------------------------------- loading
 
 _TOP_LEVEL = ("experiment", "defaults", "profiles", "iterations")
-SWEEP_KEY = "sweep"  # an iteration's search space (harness.sweep_space)
+SWEEP_KEY = "sweep"  # an iteration's search space (harness.ledger.space)
 # Bounds that no real ledger comes near (runs.yaml: ~10 kB, ~600 values, depth 6) and that keep
 # a hostile or mistaken file from costing more than a fraction of a second.
 MAX_LEDGER_BYTES = 1_000_000

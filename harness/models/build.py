@@ -13,7 +13,7 @@ leaves it out of the graph. That is why the notes' parameter counts (28,089,051 
 (28,221,147 / 13,506,459); both are asserted in tests.
 
 Single-head datasets (CIFAR-10) get one output, `class_output`, returned as a plain tensor so
-Keras logs its metrics without a head prefix (harness.metrics maps either form).
+Keras logs its metrics without a head prefix (harness.core.metrics maps either form).
 
 A backbone with pretrained weights gets the catalog's preprocessing layer in front of it
 (harness.models.catalog); one trained from scratch gets the ledger's pixel encoding

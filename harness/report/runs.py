@@ -8,7 +8,7 @@ One line per run: run id, iteration, status (running, finished, failed, killed),
 (synthetic sets marked), the primary head's validation accuracy with its epoch (the selected
 checkpoint's; older runs their best epoch, marked), epochs done out of the iteration's total,
 duration and start time (UTC). The table keeps only the latest run per iteration; this shows all
-of them. Read through harness.fast_store.open_reader: no TensorFlow, and no MLflow import for a
+of them. Read through harness.track.fast_store.open_reader: no TensorFlow, and no MLflow import for a
 local SQLite store.
 """
 

@@ -40,7 +40,7 @@ def _disk_full(name: str, tracker, folder: Path, state, exc: BaseException, stor
     resumes it), its work folder left as it is, and the one line saying so. Marking it needs
     the store, which may sit on the same full disk: then the line says that too, and the run
     is resumed all the same (its lease's holder is gone). `store`: how the store's own full disk
-    is worded (harness.tracking.store_full), when that is the full one."""
+    is worded (harness.track.store_full), when that is the full one."""
     try:
         tracker.fail(f"disk full: {store or exc}", status=KILLED)
         marked = f"run {tracker.run_id[:8]} is marked KILLED"

@@ -26,7 +26,7 @@ class Variant(Protocol):
     harness.sweep.Trial): the values it changes, how its run is found or opened and named, and
     a wrapper around the tracker that sees every event (to report epochs, to prune)."""
 
-    changes: dict  # nested changes, applied before the profile (harness.sweep_space.changes_for)
+    changes: dict  # nested changes, applied before the profile (harness.ledger.space.changes_for)
     run_name: str
     tags: dict
 
@@ -36,7 +36,7 @@ class Variant(Protocol):
 
 
 def check_places(tracking_uri: Optional[str], work_root: Path) -> None:
-    """Where the run will write must work before anything is written (harness.guards)."""
+    """Where the run will write must work before anything is written (harness.core.guards)."""
     from harness.core.guards import check_tracking_uri, check_work_dir
     from harness.track.uris import chosen_uri
     from harness.core.settings import TRACKING_URI_ENV
@@ -70,7 +70,7 @@ def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool,
     from harness.track.store import Store
     from harness.train.checkpoints import check_resumable
 
-    store = Store(tracking_uri)  # a damaged or locked store refuses here (StoreUnusable, harness.store_check)
+    store = Store(tracking_uri)  # a damaged or locked store refuses here (StoreUnusable, harness.track.store_check)
     # So does a damaged run state (CorruptState), before a run is opened or a file written.
     resumable = lambda run_id: check_resumable(work.run(run_id))  # noqa: E731
     decision = (variant.decide(store, prepared.iteration, resumable) if variant else

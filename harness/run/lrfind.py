@@ -7,7 +7,7 @@ to `max_lr`, stopping once the smoothed loss passes 4x its best. The weights are
 
 The suggestion is the LR where the smoothed loss falls fastest against log(LR), searched only
 before the divergence point, which is reported as the largest usable LR.
-No MLflow here; harness.tracking logs the curve.
+No MLflow here; harness.track logs the curve.
 """
 
 from __future__ import annotations

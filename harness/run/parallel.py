@@ -6,7 +6,7 @@ cluster runs as many as it has room for. Each task takes one GPU where the clust
 (and is given a fresh worker process, so the GPU's memory is returned when it ends), CPUs
 otherwise, in shares small enough that every task fits at once.
 
-Each task is exactly `harness run ITER` (harness.launch.run_iteration) in a Ray worker: it logs to
+Each task is exactly `harness run ITER` (harness.run.launch.run_iteration) in a Ray worker: it logs to
 the tracking URI the driver resolved (an http server; or the driver's SQLite file when the head
 is this machine) and keeps its checkpoints in its run's own folder under the common work dir, so a
 killed task, a cancelled one or a plain `harness run ITER` later resumes it like any other run.

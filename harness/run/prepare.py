@@ -84,7 +84,7 @@ class Prepared:
         return FeatureInputs.of(self.iteration, self.table, self.parts.train, self.parts.val, folder=folder)
 
     def lineage(self):
-        """The data as the run's MLflow dataset input records it (harness.records.DataLineage)."""
+        """The data as the run's MLflow dataset input records it (harness.core.records.DataLineage)."""
         from harness.data.source import lineage
 
         return lineage(self.table, self.parts.train, self.parts.val)

@@ -37,7 +37,7 @@ REFERENCES = (REFERENCE_MAJORITY, REFERENCE_LINEAR_PROBE)
 @dataclass(frozen=True)
 class ReferenceResult:
     reference: str
-    summary: dict  # the selected-checkpoint names (harness.metrics), for the references' predictions
+    summary: dict  # the selected-checkpoint names (harness.core.metrics), for the references' predictions
     params: dict
     seconds: float
 
@@ -177,7 +177,7 @@ def describe(summary: dict, dataset: str) -> str:
 def learning_verdict(name: str, summary: dict, dataset: str, majority: dict, probe=None,
                      class_weighted: bool = False) -> str:
     """The line that ends a run: which heads are not above majority accuracy on validation, and
-    not above the linear probe's when a probe run (a harness.records.RunRecord) exists for the
+    not above the linear probe's when a probe run (a harness.core.records.RunRecord) exists for the
     same validation images. A run that learned nothing must say so."""
     def not_above(reference: dict, label: str) -> str:
         losing = [f"{head} {value:.4f} ({label} {reference[head]:.4f})"

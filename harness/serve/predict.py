@@ -1,6 +1,6 @@
 """Predictions from a trained checkpoint: what the MLflow Model runs, and `harness predict`.
 
-No MLflow here. harness.tracking wraps a `Predictor` in a thin `mlflow.pyfunc.PythonModel`, so
+No MLflow here. harness.track wraps a `Predictor` in a thin `mlflow.pyfunc.PythonModel`, so
 the model an MLflow user loads (pyfunc, `mlflow models serve`) and `harness predict` run the same
 code. Why the harness's own wrapper: MLflow's Keras flavor turns a multi-output model's list of
 outputs into one array and fails, and there the preprocessing would be the caller's problem.

@@ -1,7 +1,7 @@
 """`harness register`, `harness models` and `harness predict`: a finished run's model after training.
 
-Every finished `harness run` logs its selected checkpoint as an MLflow Model (harness.tracking,
-harness.predict). `register ITER [--alias A]` makes the latest finished run's model a new version
+Every finished `harness run` logs its selected checkpoint as an MLflow Model (harness.track,
+harness.serve.predict). `register ITER [--alias A]` makes the latest finished run's model a new version
 of the registered model named after the ledger's experiment (person-attributes), one registered
 model per ledger; `models` lists the versions; `predict` runs a model, given as an iteration
 (its latest finished run) or any models:/ URI (`models:/person-attributes@champion`), on image

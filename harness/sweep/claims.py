@@ -1,10 +1,10 @@
 """Which trial a sweep worker trains next, when any number of workers share one study.
 
-Kept apart from the worker (harness.sweep_worker), which trains whatever it is handed. Here the
+Kept apart from the worker (harness.sweep.worker), which trains whatever it is handed. Here the
 study's trials are counted and the next one is taken under the study lock, so N trials stay N
 with many workers. A trial whose worker is gone (a silent heartbeat on any machine, or a lease
 nobody holds on this one) is failed and retried, so a killed worker costs a retry, not a trial.
-The lock, lease and heartbeat themselves: harness.sweep_storage.
+The lock, lease and heartbeat themselves: harness.sweep.storage.
 """
 
 from __future__ import annotations

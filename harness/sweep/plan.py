@@ -4,7 +4,7 @@
     harness sweep second --trials 6 --storage postgresql://...   # a worker of a shared study
     harness sweep second --promote second_tuned     # the best trial -> a new ledger iteration
 
-A trial is the iteration with the trial's values applied (harness.sweep_space.changes_for, then
+A trial is the iteration with the trial's values applied (harness.ledger.space.changes_for, then
 ledger.with_changes, validated like any ledger entry) and trained by `launch.run_iteration`, the
 code path of `harness run`: same profile, feature cache, checkpoints and work dir. `Trial` is the
 launch.Variant that names its run and wraps its tracker: every epoch it reports the objective
@@ -20,7 +20,7 @@ history and parameter importance plots, trials.csv. One child run per trial,
 iteration run), with the trial's config as params and the usual per-epoch metrics.
 
 Workers: every `harness sweep` with the same study and storage is a worker of one study; the
-study lock, trial leases and heartbeats (harness.sweep_storage) make `--trials N` exactly N trials
+study lock, trial leases and heartbeats (harness.sweep.storage) make `--trials N` exactly N trials
 however many workers run, and a trial left RUNNING by a killed worker is failed, said so, and
 retried: the retry resumes the killed trial's run from its last finished epoch.
 """

@@ -159,7 +159,7 @@ def quiet_optuna():
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # ask/tell with heartbeats is what the sweep worker does on purpose (harness.sweep_storage)
+    # ask/tell with heartbeats is what the sweep worker does on purpose (harness.sweep.storage)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 

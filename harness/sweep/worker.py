@@ -1,11 +1,11 @@
 """One `harness sweep` process: a worker of a (possibly shared) Optuna study.
 
-Loop: take the next trial (harness.sweep_claims: under the study lock, fail trials whose worker
+Loop: take the next trial (harness.sweep.claims: under the study lock, fail trials whose worker
 is gone, retrying them; count the study's trials and take the next one, a waiting retry first,
 or stop at the budget); outside the lock, train it through `launch.run_iteration` while a
 heartbeat and a lease say it is alive; tell Optuna how it ended; update the sweep's parent run.
 The last worker out (nothing left running or waiting) ends the parent run FINISHED. Why the
-locks: harness.sweep_storage.
+locks: harness.sweep.storage.
 """
 
 from __future__ import annotations

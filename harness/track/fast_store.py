@@ -10,7 +10,7 @@ Any other store, a server (http://, https://) or a database MLflow reaches throu
 `open_reader` chooses. The database is opened read-only; nothing here writes, and a store file
 that does not exist reads as empty without being created. No MLflow, no TensorFlow.
 
-Both readers answer the same questions with harness.records.RunRecord:
+Both readers answer the same questions with harness.core.records.RunRecord:
     latest_finished(iteration, config_sha=None)  newest FINISHED parent run of an iteration
     runs(iteration=None)                         parent runs of the experiment, newest first
     references()                                 finished reference runs, newest first

@@ -8,7 +8,7 @@ Two guards, for two kinds of neighbour:
   however it dies, so a killed run never leaves this guard stuck.
 - Processes on other machines writing to the same tracking server: a `Lease`, the
   `harness.lease` tag on the run (host, pid, expiry), written when the run starts and renewed
-  with every epoch's metrics (harness.tracking). A lease is live until it expires, or, on its
+  with every epoch's metrics (harness.track). A lease is live until it expires, or, on its
   own host, until its process is gone; an expired one is taken over and the output says so.
 
 A lease lasts `HARNESS_LEASE_SECONDS` (default 30 minutes) or three times the longest epoch so

@@ -30,7 +30,7 @@ class MlflowReader:
             return None
         return self._store.latest_finished(self.experiment, iteration, config_sha)
 
-    # The rest answers as harness.fast_store.SqliteReader does, through the MLflow client (REST
+    # The rest answers as harness.track.fast_store.SqliteReader does, through the MLflow client (REST
     # for a server).
 
     def runs(self, iteration: Optional[str] = None) -> list[RunRecord]:

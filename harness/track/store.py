@@ -50,7 +50,7 @@ from harness.track.uris import sqlite_path, artifact_root, resolve_uri
 
 def open_client(uri: str) -> MlflowClient:
     """A client for a resolved URI: a server is probed first (TrackingUnreachable, one line,
-    when it does not answer); a SQLite store is checked (harness.store_check: StoreUnusable, one
+    when it does not answer); a SQLite store is checked (harness.track.store_check: StoreUnusable, one
     line, when damaged or locked), then created and migrated by one process at a time."""
     db = sqlite_path(uri)
     if db is None:
@@ -154,7 +154,7 @@ class Store:
 
     def download(self, run_id: str, path: str, dest: Path) -> Path:
         """One artifact (file or folder) of a run, copied under `dest`, reading nothing outside the
-        run's artifacts (harness.guards: the path, a local store's links before the copy follows
+        run's artifacts (harness.core.guards: the path, a local store's links before the copy follows
         them, and the copy)."""
         guards.check_artifact_path(path, run_id)
         root = _local_artifact_root(self._client.get_run(run_id).info.artifact_uri)

@@ -55,6 +55,6 @@ def first_line(exc: BaseException) -> str:
 
 
 def locked_phrase(text: str, wait: float = WAIT_SECONDS) -> str:
-    """How a locked store is worded, at start-up here and mid-run (harness.tracking.store_locked),
+    """How a locked store is worded, at start-up here and mid-run (harness.track.store_locked),
     so that both read alike: 'is locked by another process (still locked after 20 s: TEXT)'."""
     return f"is locked by another process (still locked after {wait:.0f} s: {text})"

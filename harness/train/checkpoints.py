@@ -1,6 +1,6 @@
 """What a run keeps on disk: its state and checkpoints, in its own work folder.
 
-The folder is `harness.settings.WorkDir.run(run_id)` (by default mlruns/work/<run_id>):
+The folder is `harness.core.settings.WorkDir.run(run_id)` (by default mlruns/work/<run_id>):
 
     state.json              passes done, epochs done in the current pass, per-epoch history
     pass-K/epoch-E.npz      weights + optimizer state after the newest completed epoch E of pass K

@@ -12,7 +12,7 @@ from harness.core import metrics
 from harness.core.labels import heads_for, output_name
 from harness.ledger.schema import Iteration, PassConfig
 
-# Keras name of a metric kind (harness.metrics.KINDS) -> a factory of the keras.metrics.Metric
+# Keras name of a metric kind (harness.core.metrics.KINDS) -> a factory of the keras.metrics.Metric
 # that logs under that name, for metrics Keras does not know by name (it knows "accuracy").
 KERAS_METRICS: dict = {}
 

@@ -2,7 +2,7 @@
 divergence stop and resume after a kill.
 
 No YAML and no MLflow here: the Runner gets a resolved Iteration and the datasets, and reports
-every pass start, finished epoch and finished pass to a `Reporter` (harness.tracking's tracker
+every pass start, finished epoch and finished pass to a `Reporter` (harness.track's tracker
 behind the console, or a test's). What it keeps on disk is described in
 harness.train.checkpoints; how a model is compiled and fed, in harness.train.compile.
 """
@@ -59,7 +59,7 @@ class Reporter(Protocol):
         """`freeze`: the harness.models.FreezeSummary of the pass's freeze policy."""
 
     def epoch_finished(self, pass_index: int, step: int, values: dict) -> None:
-        """`values`: the epoch's metrics in contract names (harness.metrics)."""
+        """`values`: the epoch's metrics in contract names (harness.core.metrics)."""
 
     def pass_finished(self, index: int, result: PassResult) -> None: ...
 
@@ -169,7 +169,7 @@ def _pass_callback(runner: "Runner", index: int, pass_: PassConfig):
 
 
 def selected_scores(iteration: Iteration, folder: RunFolder, state: RunState, bundle, results: list) -> dict:
-    """The selected checkpoint's per-head scores on the validation set (harness.metrics
+    """The selected checkpoint's per-head scores on the validation set (harness.core.metrics
     selected_summary), from the last pass's own evaluation when this process ran it, else
     (the pass finished before a kill) by predicting with the checkpoint file."""
     from harness.models import load_model
