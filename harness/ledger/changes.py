@@ -9,11 +9,10 @@ key by its last name (`backbone vgg16→densenet121`, `tower_defect on→off`). 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from harness.ledger.schema import Iteration, PassConfig
-from harness.ledger.diffing import diff
+from harness.ledger.diffing import config_value, diff
 
 ARROW = "→"
 
@@ -34,17 +33,7 @@ def number(value: float) -> str:
 
 def value_text(value: Any) -> str:
     """A config value in few characters: on/off, none, 1e-4, compact JSON."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if v is not None}
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return config_value(value, compact=True)
 
 
 def describe_freeze(policy) -> str:

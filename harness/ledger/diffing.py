@@ -61,10 +61,23 @@ def format_change(key: str, old: Any, new: Any) -> str:
     return f"{key}: {short_value(old)} -> {short_value(new)}"
 
 
-def short_value(value: Any) -> str:
-    """A config value as `show` and the diffs print it: null, true, 0.001, {"epochs": 20}."""
+def config_value(value: Any, compact: bool = False) -> str:
+    """The one config-value formatter. As `show` and the diffs print a value: null, true, 0.001,
+    {"epochs": 20}; `compact` (the table's "changes vs parent"): none, on, 1e-4, {"epochs":20}.
+    Unset (None) keys of a map are left out either way."""
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if v is not None}
     if isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(", ", ": "))
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        return json.dumps(value, separators=(",", ":") if compact else (", ", ": "))
+    if value is None:
+        return "none" if compact else "null"
+    if isinstance(value, bool):
+        return ("on" if value else "off") if compact else str(value).lower()
+    if compact and isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def short_value(value: Any) -> str:
+    """A config value as `show` and the diffs print it: null, true, 0.001, {"epochs": 20}."""
+    return config_value(value)
