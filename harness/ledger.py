@@ -409,6 +409,17 @@ class CachedFeaturePasses(_Strict):
     max_seconds: int = Field(gt=0)
 
 
+class ProfileAdjustment(_Strict):
+    """One iteration's departures from its profile (the profile's `iterations:`), for an
+    iteration whose cost is far from the rest's (ninth and tenth train a whole VGG16 or
+    DenseNet121): the same fields, each replacing the profile's (`set` merges into its `set`)."""
+
+    set: dict[str, Any] = Field(default_factory=dict)
+    max_epochs_per_pass: Optional[int] = Field(None, gt=0)
+    patience: Optional[int] = Field(None, gt=0)
+    batch_scale: Optional[float] = Field(None, gt=0)
+
+
 class Profile(_Strict):
     """An overlay on a resolved iteration that changes how much is computed, never what is
     modelled: `set` deep-merges into the iteration (only the keys in PROFILE_KEYS: image size,
@@ -426,6 +437,16 @@ class Profile(_Strict):
     # keep their ratio (256 vs 32 stays 8x).
     batch_scale: Optional[float] = Field(None, gt=0)
     cached_feature_passes: Optional[CachedFeaturePasses] = None
+    iterations: dict[str, ProfileAdjustment] = Field(default_factory=dict)
+
+    def for_iteration(self, name: str) -> "Profile":
+        """The profile as it applies to iteration `name`: with that iteration's adjustment."""
+        adjustment = self.iterations.get(name)
+        if adjustment is None:
+            return self
+        fields = adjustment.model_dump(exclude_unset=True)
+        overlay = deep_merge(self.set, fields.pop("set", {}))
+        return self.model_copy(update={**fields, "set": overlay, "iterations": {}})
 
 
 # What a profile may change: how much is computed, never the model, loss, optimizer, LR or data
@@ -672,7 +693,7 @@ class Ledger:
             raise LedgerError([f"{self.path}: no profile named '{profile_name}'{_suggest(profile_name, known)}; "
                                f"known: {', '.join(known)}"])
         try:
-            return validate_dict(_profiled(iteration, self.profiles[profile_name]))
+            return validate_dict(_profiled(iteration, self.profiles[profile_name].for_iteration(iteration.name)))
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
@@ -883,10 +904,18 @@ def load(path: Union[str, Path]) -> Ledger:
     for name, body in raw_profiles.items() if isinstance(raw_profiles, dict) else []:
         try:
             profiles[name] = Profile.model_validate(body)
-            for key in profile_key_problems(profiles[name].set):
-                loc = ("profiles", name, "set", *key.split("."))
-                errors.append(f"{path}:{_nearest(lines, loc)}: profiles.{name}.set.{key}: a profile changes how much is "
-                              f"computed, not what is modelled; it may set only {', '.join(PROFILE_KEYS)}")
+            overlays = [(("profiles", name), profiles[name].set)] + [
+                (("profiles", name, "iterations", it), adj.set) for it, adj in profiles[name].iterations.items()]
+            for where, overlay in overlays:
+                for key in profile_key_problems(overlay):
+                    loc = (*where, "set", *key.split("."))
+                    errors.append(f"{path}:{_nearest(lines, loc)}: {'.'.join(loc[:-len(key.split('.'))])}.{key}: a "
+                                  f"profile changes how much is computed, not what is modelled; it may set only "
+                                  f"{', '.join(PROFILE_KEYS)}")
+            for it in profiles[name].iterations:
+                if it not in iterations:
+                    errors.append(f"{path}:{_nearest(lines, ('profiles', name, 'iterations', it))}: profiles.{name}."
+                                  f"iterations.{it}: no such iteration{_suggest(it, list(iterations))}")
         except ValidationError as exc:
             for err in exc.errors():
                 loc = ("profiles", name) + tuple(err["loc"])
