@@ -3,6 +3,7 @@
 - Runs keep their checkpoints in a temporary work dir (HARNESS_WORK_DIR), never in mlruns/work.
 - The real 6,000-image hvc subset is found by itself: HARNESS_HVC_REAL, else ../shared/data/hvc
   beside the checkout; the session header says which, and each real-data test that skips says why.
+  The real CIFAR-10 subset likewise: HARNESS_CIFAR10_REAL, else ../shared/data/cifar10.
 - The session fails if it changed a tracked file of the repository (`git status --porcelain`
   before and after): tests and benchmarks write only to temporary folders.
 - Trainings log no system metrics (HARNESS_SYSTEM_METRICS=0) unless a test asks for them.
@@ -37,6 +38,23 @@ def _find_real_data() -> str:
 
 REAL_DATA = _find_real_data()
 
+CIFAR_ENV = "HARNESS_CIFAR10_REAL"
+
+
+def _find_real_cifar() -> str:
+    """HARNESS_CIFAR10_REAL, else ../shared/data/cifar10 (the real 5,085 + 500 image subset in
+    the standard cifar-10-batches-py layout), set into the environment like the hvc one."""
+    if os.environ.get(CIFAR_ENV):
+        return os.environ[CIFAR_ENV]
+    for candidate in (REPO.parent / "shared" / "data" / "cifar10", REPO.parent.parent / "shared" / "data" / "cifar10"):
+        if (candidate / "cifar-10-batches-py" / "test_batch").is_file():
+            os.environ[CIFAR_ENV] = str(candidate)
+            return str(candidate)
+    return ""
+
+
+REAL_CIFAR = _find_real_cifar()
+
 # A shell without job control (`cmd &`, nohup, some CI runners) starts its background children
 # with SIGINT ignored, and Python keeps an inherited SIG_IGN: a real Ctrl-C signal sent by the
 # tests (to a run, to Ray's workers through ray.cancel) would then do nothing. Take Ctrl-C's
@@ -46,10 +64,12 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 
 def pytest_report_header(config):
-    if REAL_DATA:
-        return f"real hvc subset: {REAL_DATA} (real-data tests run)"
-    return (f"real hvc subset: not found ({REAL_ENV} unset, no ../shared/data/hvc): "
-            "the real-data tests skip, each saying why")
+    hvc = (f"real hvc subset: {REAL_DATA} (real-data tests run)" if REAL_DATA else
+           f"real hvc subset: not found ({REAL_ENV} unset, no ../shared/data/hvc): "
+           "the real-data tests skip, each saying why")
+    cifar = (f"real CIFAR-10 subset: {REAL_CIFAR}" if REAL_CIFAR else
+             f"real CIFAR-10 subset: not found ({CIFAR_ENV} unset, no ../shared/data/cifar10): its tests skip")
+    return [hvc, cifar]
 
 
 def _git_status() -> str:

@@ -14,7 +14,8 @@ from typing import Optional, Union
 from pydantic import ValidationError
 
 from harness.ledger.loader import MAX_LEDGER_BYTES, Path_, SWEEP_KEY, _TOP_LEVEL, _load_with_lines, _nearest
-from harness.ledger.resolve import _error_message, _file_loc, _innermost, _profiled, _written_at, deep_merge, validate_dict, with_changes
+from harness.ledger.resolve import _error_message, _file_loc, _innermost, _profiled, _written_at, validate_dict, with_changes
+from harness.ledger.diffing import deep_merge
 from harness.ledger.suggest import _suggest
 from harness.ledger.schema import Iteration, LedgerError, REQUIRED_PROFILES
 from harness.ledger.overlay import PROFILE_KEYS, Profile, profile_key_problems
@@ -107,7 +108,7 @@ class Ledger:
             raise LedgerError([f"{self.path}: no profile named '{profile_name}'{_suggest(profile_name, known)}; "
                                f"known: {', '.join(known)}"])
         try:
-            return validate_dict(_profiled(iteration, self.profiles[profile_name]))
+            return validate_dict(_profiled(iteration, self.profiles[profile_name].for_iteration(iteration.name)))
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
@@ -184,10 +185,18 @@ def load(path: Union[str, Path]) -> Ledger:
     for name, body in raw_profiles.items() if isinstance(raw_profiles, dict) else []:
         try:
             profiles[name] = Profile.model_validate(body)
-            for key in profile_key_problems(profiles[name].set):
-                loc = ("profiles", name, "set", *key.split("."))
-                errors.append(f"{path}:{_nearest(lines, loc)}: profiles.{name}.set.{key}: a profile changes how much is "
-                              f"computed, not what is modelled; it may set only {', '.join(PROFILE_KEYS)}")
+            overlays = [(("profiles", name), profiles[name].set)] + [
+                (("profiles", name, "iterations", it), adj.set) for it, adj in profiles[name].iterations.items()]
+            for where, overlay in overlays:
+                for key in profile_key_problems(overlay):
+                    loc = (*where, "set", *key.split("."))
+                    errors.append(f"{path}:{_nearest(lines, loc)}: {'.'.join(loc[:-len(key.split('.'))])}.{key}: a "
+                                  f"profile changes how much is computed, not what is modelled; it may set only "
+                                  f"{', '.join(PROFILE_KEYS)}")
+            for it in profiles[name].iterations:
+                if it not in iterations:
+                    errors.append(f"{path}:{_nearest(lines, ('profiles', name, 'iterations', it))}: profiles.{name}."
+                                  f"iterations.{it}: no such iteration{_suggest(it, list(iterations))}")
         except ValidationError as exc:
             for err in exc.errors():
                 loc = ("profiles", name) + tuple(err["loc"])

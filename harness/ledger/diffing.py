@@ -1,8 +1,9 @@
-"""Dotted paths and the diff of two iterations (`harness show`'s "changes vs PARENT").
+"""Dotted paths, the deep merge of two mappings, and the diff of two iterations (`harness show`'s "changes vs PARENT").
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -11,6 +12,16 @@ from harness.ledger.schema import Iteration
 
 
 # --------------------------------------------------------------------------- diff
+
+
+def deep_merge(base: Any, overlay: Any) -> Any:
+    """Maps merge key by key; anything else (lists included) is replaced by the overlay."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        merged = dict(base)
+        for key, value in overlay.items():
+            merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(overlay)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from pydantic import Field
 
+from harness.ledger.diffing import deep_merge
 from harness.ledger.schema import _Strict
 
 
@@ -20,6 +21,17 @@ class CachedFeaturePasses(_Strict):
     pass, it also keeps the ledger's image size and training batch."""
 
     max_seconds: int = Field(gt=0)
+
+
+class ProfileAdjustment(_Strict):
+    """One iteration's departures from its profile (the profile's `iterations:`), for an
+    iteration whose cost is far from the rest's (ninth and tenth train a whole VGG16 or
+    DenseNet121): the same fields, each replacing the profile's (`set` merges into its `set`)."""
+
+    set: dict[str, Any] = Field(default_factory=dict)
+    max_epochs_per_pass: Optional[int] = Field(None, gt=0)
+    patience: Optional[int] = Field(None, gt=0)
+    batch_scale: Optional[float] = Field(None, gt=0)
 
 
 class Profile(_Strict):
@@ -39,6 +51,16 @@ class Profile(_Strict):
     # keep their ratio (256 vs 32 stays 8x).
     batch_scale: Optional[float] = Field(None, gt=0)
     cached_feature_passes: Optional[CachedFeaturePasses] = None
+    iterations: dict[str, ProfileAdjustment] = Field(default_factory=dict)
+
+    def for_iteration(self, name: str) -> "Profile":
+        """The profile as it applies to iteration `name`: with that iteration's adjustment."""
+        adjustment = self.iterations.get(name)
+        if adjustment is None:
+            return self
+        fields = adjustment.model_dump(exclude_unset=True)
+        overlay = deep_merge(self.set, fields.pop("set", {}))
+        return self.model_copy(update={**fields, "set": overlay, "iterations": {}})
 
 
 # What a profile may change: how much is computed, never the model, loss, optimizer, LR or data

@@ -7,7 +7,6 @@ line and the dotted field.
 
 from __future__ import annotations
 
-import copy
 import json
 import typing
 from typing import Any, Optional
@@ -15,21 +14,12 @@ from typing import Any, Optional
 from pydantic import BaseModel, ValidationError
 
 from harness.ledger.suggest import _suggest
+from harness.ledger.diffing import deep_merge
 from harness.ledger.schema import Iteration, LedgerError
 from harness.ledger.overlay import Profile
 
 
 # --------------------------------------------------------------------------- resolution
-
-
-def deep_merge(base: Any, overlay: Any) -> Any:
-    """Maps merge key by key; anything else (lists included) is replaced by the overlay."""
-    if isinstance(base, dict) and isinstance(overlay, dict):
-        merged = dict(base)
-        for key, value in overlay.items():
-            merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
-        return merged
-    return copy.deepcopy(overlay)
 
 
 def _model_at(model: type, loc: tuple) -> Optional[type]:

@@ -101,7 +101,11 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
 
     name = prepared.iteration.name
     reporter = ConsoleReporter(tracker, prepared.iteration, prepared.data_label(bundle), prepared.profile, log)
-    runner = Runner(prepared.iteration, bundle, folder, reporter, log, feature_inputs=prepared.features())
+    from harness.core.settings import WorkDir
+
+    # Features persist in the work dir the run's folder is in (--work-dir, else HARNESS_WORK_DIR).
+    features = prepared.features(WorkDir(folder.parent).features)
+    runner = Runner(prepared.iteration, bundle, folder, reporter, log, feature_inputs=features)
     try:
         if decision.kind == RESUME:
             replayed = tracker.replay(runner.state.history)
