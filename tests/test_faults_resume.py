@@ -93,11 +93,21 @@ def per_epoch(history: dict) -> dict:
 def test_killed_at_epoch_2_and_resumed_logs_exactly_the_uninterrupted_numbers(book, synth, uninterrupted, tmp_path):
     killed = harness_run(book, synth, tmp_path, fault="after-snapshot:2")
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    killed_id, status, _ = histories(f"sqlite:///{tmp_path}/mlflow.db")
+    assert status == "RUNNING"  # SIGKILL: nobody marked it
     resumed = harness_run(book, synth, tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert f"resuming unfinished run {killed_id[:8]}" in resumed.stdout
     assert "resuming pass 1 after epoch 2" in resumed.stdout
+    # the killed process's lease on the run: taken over at once (its pid is gone), and said so
+    assert f"exact: taking over run {killed_id[:8]}'s lease: its process is gone (host " in resumed.stdout
     run_id, status, history = histories(f"sqlite:///{tmp_path}/mlflow.db")
-    assert status == "FINISHED"
+    assert run_id == killed_id and status == "FINISHED"
+    from harness.track.store import Store
+
+    children = Store(f"sqlite:///{tmp_path}/mlflow.db").children(run_id)
+    assert [c.name for c in children] == ["exact/pass-1", "exact/pass-2"]
+    assert all(c.status == "FINISHED" for c in children)
     expected = per_epoch(uninterrupted)
     assert "val_loss" in expected and "val_gender_acc" in expected and "lr" in expected
     assert per_epoch(history).keys() == expected.keys()

@@ -58,7 +58,23 @@ def handlers():
         signal.signal(signum, handler)
 
 
-@pytest.mark.parametrize("name, code", [("sigint", 130), ("sigterm", 143), ("sighup", 129)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_each_stop_signal_is_a_keyboard_interrupt_named_after_it_with_its_exit_code(signum, code, handlers):
+    """The part of a stop that differs by signal: the three then share one path through a run
+    (the end-to-end test below, with SIGTERM): the run's reason names the signal, the exit code
+    is 128 + its number."""
+    from harness.core import signals
+
+    signals.install()
+    with pytest.raises(KeyboardInterrupt) as caught:
+        os.kill(os.getpid(), signum)
+        for _ in range(100):  # the handler runs between bytecodes of the main thread
+            time.sleep(0.01)
+    assert (str(caught.value) or "SIGINT") == signal.Signals(signum).name  # launch's "interrupted (...)"
+    assert signals.exit_code(caught.value) == code
+
+
+@pytest.mark.parametrize("name, code", [("sigterm", 143)])
 def test_stop_signal_marks_the_run_killed_says_so_once_and_a_rerun_resumes(
         name, code, synth, tmp_path, monkeypatch, capsys, handlers):
     from harness.track.store import Store

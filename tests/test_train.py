@@ -2,12 +2,9 @@
 a tiny synthetic dataset in the real hvc format."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -310,47 +307,6 @@ def test_all_skips_iterations_already_finished_with_the_same_config(book, synth,
     assert code == 0 and any("already finished" in line for line in lines)
     _, runs = parents(store_uri, "one")
     assert len(runs) == 1
-
-
-def test_sigkill_then_rerun_resumes_the_same_run(book, synth, tmp_path, store_uri):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "harness.cli", "run", "slow", "--ledger", str(book.path),
-               "--profile", "full", "--data", str(synth), "--tracking-uri", store_uri,
-               "--work-dir", str(tmp_path / "work")]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    killed_after = None
-    while time.time() < deadline and process.poll() is None:
-        states = list((tmp_path / "work").glob("*/state.json"))
-        if states:
-            history = json.loads(states[0].read_text())["history"]
-            if len(history) >= 1:
-                process.send_signal(signal.SIGKILL)
-                killed_after = len(history)
-                break
-        time.sleep(0.05)
-    process.wait(timeout=30)
-    assert killed_after is not None, process.stdout.read().decode()[-2000:]
-    assert killed_after < 6
-
-    store, runs = parents(store_uri, "slow")
-    assert len(runs) == 1 and runs[0].status == "RUNNING"
-    run_id = runs[0].run_id
-
-    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert f"resuming unfinished run {run_id[:8]}" in rerun.stdout
-    # the killed process's lease on the run: taken over at once (its pid is gone), and said so
-    assert f"slow: taking over run {run_id[:8]}'s lease: its process is gone (host " in rerun.stdout
-
-    store, runs = parents(store_uri, "slow")
-    assert len(runs) == 1 and runs[0].run_id == run_id
-    assert runs[0].status == "FINISHED"
-    for key in ("loss", "val_gender_acc", "lr"):
-        assert steps(store, run_id, key) == [1, 2, 3, 4, 5, 6], key
-    children = store.children(run_id)
-    assert [c.name for c in children] == ["slow/pass-1", "slow/pass-2"]
-    assert all(c.status == "FINISHED" for c in children)
 
 
 def test_changed_config_is_not_resumed(book, synth, tmp_path, store_uri):
