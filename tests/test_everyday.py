@@ -19,11 +19,25 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-def harness(*args, cwd=REPO):
+def harness_process(*args, cwd=REPO):
+    """`harness ARGS` as a process of its own: where a test needs a fresh interpreter (the lines
+    MLflow and TensorFlow print on their first import)."""
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=300)
+
+
+def harness(*args, cwd=REPO):
+    """`harness ARGS` in this process (tests/cli_run.py), without $MLFLOW_TRACKING_URI."""
+    from cli_run import harness as in_process
+
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        return in_process(*args, cwd=cwd)
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 # --------------------------------------------------------------------------- names in any ledger
@@ -98,7 +112,7 @@ def test_tensorflow_import_lines_only_with_verbose():
 def test_mlflow_info_lines_only_with_verbose(tmp_path, monkeypatch, capfd):
     """`eval` of an iteration with no runs opens a new MLflow store (MLflow logs that it creates
     its tables) and stops with one error line; with -v the libraries' INFO lines show."""
-    quiet = harness("eval", "base", "--tracking-uri", f"sqlite:///{tmp_path}/quiet/mlflow.db")
+    quiet = harness_process("eval", "base", "--tracking-uri", f"sqlite:///{tmp_path}/quiet/mlflow.db")
     assert quiet.returncode == 2
     assert quiet.stderr.splitlines() == [quiet.stderr.strip()] and quiet.stderr.startswith("error: base: no finished run")
     assert quiet.stdout == ""
