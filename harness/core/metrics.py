@@ -111,7 +111,8 @@ class Score:
 
 
 # Scores of the selected checkpoint, per head and as a mean over heads. Adding one is a line
-# here: the summary, the closing line and the table's per-head columns follow.
+# here for the summary and the closing line; the results table's per-score tables (accuracy,
+# balanced accuracy) are written out in harness.report.tables and need a table of their own there.
 SCORES = (
     Score(ACC.short, "accuracy_score", "acc"),
     Score(BALANCED_ACC, "balanced_accuracy_score", "balanced acc"),
