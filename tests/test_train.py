@@ -105,6 +105,39 @@ def store_uri(tmp_path):
     return f"sqlite:///{tmp_path}/store/mlflow.db"
 
 
+@pytest.fixture(scope="module")
+def trained_one(tmp_path_factory, synth):
+    """A store holding one finished run of `one`, trained once for the module's tests that only
+    need such a run to exist and read it (eval, skip, a second seeded run): each gets a copy
+    (`with_one`). A test that writes to that run trains its own: MLflow caches a run's artifact
+    location by run id within a process, so the copy's writes would land in this store."""
+    folder = tmp_path_factory.mktemp("one")
+    path = folder / "tiny.yaml"
+    path.write_text(TINY)
+    code, lines = run(ledger.load(path), "one", synth, f"sqlite:///{folder}/store/mlflow.db")
+    assert code == 0, lines
+    return folder / "store"
+
+
+@pytest.fixture()
+def with_one(trained_one, store_uri):
+    """`store_uri`, holding a copy of trained_one's store: its SQLite file and artifacts, the
+    artifact locations the database records moved to the copy, so a test writes only there."""
+    import sqlite3
+
+    target = Path(store_uri[len("sqlite:///"):]).parent
+    shutil.copytree(trained_one, target)
+    db = sqlite3.connect(target / "mlflow.db")
+    with db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+        for table, column in (("runs", "artifact_uri"), ("experiments", "artifact_location"),
+                              ("logged_models", "artifact_location")):
+            if table in tables:
+                db.execute(f"update {table} set {column} = replace({column}, ?, ?)", (str(trained_one), str(target)))
+    db.close()
+    return store_uri
+
+
 def run(book, name, synth, uri, **kwargs):
     from harness.run.launch import run_iteration
 
@@ -225,8 +258,7 @@ def test_resume_from_best_starts_from_the_best_weights(book, synth, store_uri):
     assert scored["loss"] == pytest.approx(min(logged), rel=1e-4)
 
 
-def test_same_seed_gives_identical_validation_metrics(book, synth, store_uri):
-    run(book, "one", synth, store_uri)
+def test_same_seed_gives_identical_validation_metrics(book, synth, with_one, store_uri):
     run(book, "one", synth, store_uri, fresh=True)
     store, runs = parents(store_uri, "one")
     assert len(runs) == 2
@@ -243,6 +275,8 @@ def test_class_weighting_trains(book, synth, store_uri):
 def test_eval_scores_another_folder(book, synth, other_synth, store_uri):
     from harness.run.evaluate import evaluate_iteration
 
+    # its own run, not a copy of trained_one's: it logs to the run, and MLflow caches a run's
+    # artifact location by run id within a process
     run(book, "one", synth, store_uri)
     result = evaluate_iteration(book, "one", data_dir=str(other_synth), tracking_uri=store_uri)
     assert set(result["eval"]) == {"loss"} | {f"{h}_{k}" for h in HVC_HEADS for k in ("acc", "loss", "bacc")}
@@ -268,12 +302,9 @@ def test_selected_checkpoint_summary_equals_a_fresh_eval_of_the_validation_split
         assert runs[0].metrics[f"selected_val_{head}_bacc"] == pytest.approx(result["eval"][f"{head}_bacc"], abs=1e-6)
 
 
-def test_eval_warns_when_the_folder_holds_training_images(book, synth, store_uri, tmp_path):
-    import shutil
-
+def test_eval_warns_when_the_folder_holds_training_images(book, synth, with_one, store_uri, tmp_path):
     from harness.run.evaluate import evaluate_iteration
 
-    run(book, "one", synth, store_uri)
     copy = tmp_path / "copy"
     shutil.copytree(synth, copy)  # the same images under other paths: caught by content
     result = evaluate_iteration(book, "one", data_dir=str(copy), tracking_uri=store_uri)
@@ -301,8 +332,7 @@ def test_divergence_marks_the_run_failed_and_keeps_the_last_good_checkpoint(book
     assert steps(store, runs[0].run_id, "loss") == [1]
 
 
-def test_all_skips_iterations_already_finished_with_the_same_config(book, synth, store_uri):
-    run(book, "one", synth, store_uri)
+def test_all_skips_iterations_already_finished_with_the_same_config(book, synth, with_one, store_uri):
     code, lines = run(book, "one", synth, store_uri, skip_finished=True)
     assert code == 0 and any("already finished" in line for line in lines)
     _, runs = parents(store_uri, "one")
