@@ -85,7 +85,7 @@ class Database:
             raise InputError(f"harness server: {server.DB_URI_ENV} must be postgresql://user:password@host:port/db "
                              f"(got {server.shown_db(uri)})")
         return cls(parts.hostname or "127.0.0.1", parts.port or 5432, unquote(parts.username or ""),
-                   unquote(parts.password or ""), parts.path.strip("/"), server.shown_db(uri))
+                   unquote(parts.password or ""), parts.path.strip("/"), server.shown_db(uri).replace("+psycopg2", ""))
 
     def env(self) -> dict:
         return {**server._pg_env(self.password), "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
@@ -130,6 +130,8 @@ def target(folder: server.ServerFolder, external: Optional[str], create: bool = 
                              f"and {server.DB_URI_ENV} is not set); give --dir the server's folder")
         was_running = server.running_pid(folder.postgres_pid, "postgres")
         uri, pid = server.local_database(folder, None, None, log=lambda *_: None)
+        if create:  # a restore after the database was dropped: an empty one to restore into
+            server.create_database(folder, server.DB_NAME)
         found = Target(folder, Database.of_uri(uri), external=False,
                        started_postgres=None if was_running else pid)
     try:
@@ -535,6 +537,14 @@ def _restore_database(db: Database, psql: str, pg_restore: str, dump: Path) -> N
 # --------------------------------------------------------------------------- live check
 
 
+def has_artifacts(kind: Optional[str], status: str) -> bool:
+    """Whether a run must have an artifact folder (MLflow records no such thing): the harness's
+    iteration, trial and sweep runs log config.yaml / space.yaml when they open, its pass runs
+    eval.json and the checkpoint when they finish. References, LR range tests and runs other
+    tools logged may have none."""
+    return kind in ("iteration", "trial", "sweep") or (kind == "pass" and status == "FINISHED")
+
+
 def check_server(folder: server.ServerFolder, external: Optional[str], log=print) -> int:
     """One line per problem of the live server (schema revision, runs without their artifact
     folder, artifact folders no run names), or "ok"; exit 1 when there are problems."""
@@ -544,8 +554,9 @@ def check_server(folder: server.ServerFolder, external: Optional[str], log=print
             conn.set_session(readonly=True, autocommit=False)
             cur = conn.cursor()
             revision = _scalar(cur, "SELECT version_num FROM alembic_version")
-            runs = _query(cur, "SELECT run_uuid, name, experiment_id, artifact_uri FROM runs "
-                               "WHERE lifecycle_stage = 'active' ORDER BY start_time") or []
+            runs = _query(cur, "SELECT r.run_uuid, r.name, r.experiment_id, r.artifact_uri, r.status, t.value "
+                               "FROM runs r LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'harness.kind' "
+                               "WHERE r.lifecycle_stage = 'active' ORDER BY r.start_time") or []
             named = artifact_folders(cur)
             experiments = {str(e) for (e,) in _query(cur, "SELECT experiment_id FROM experiments") or []}
             conn.rollback()
@@ -558,8 +569,8 @@ def check_server(folder: server.ServerFolder, external: Optional[str], log=print
                         + (": take a backup, then `mlflow db upgrade`" if revision in known_revisions() else
                            ": a newer MLflow wrote it; use that MLflow (or restore a backup made before)"))
     root = folder.artifacts
-    for run_id, name, experiment_id, uri in runs:
-        if uri and uri.startswith(ARTIFACT_SCHEME):
+    for run_id, name, experiment_id, uri, status, kind in runs:
+        if uri and uri.startswith(ARTIFACT_SCHEME) and has_artifacts(kind, status):
             relative = uri[len(ARTIFACT_SCHEME):].strip("/")
             if not (root / relative).is_dir():
                 problems.append(f"run {run_id} ({name}, experiment {experiment_id}): no artifact folder {root / relative}")
@@ -576,7 +587,9 @@ def check_server(folder: server.ServerFolder, external: Optional[str], log=print
     for line in problems:
         log(line)
     if not problems:
-        log(f"ok: {len(runs)} runs, each with its artifact folder; no orphan folders; schema {revision} "
+        expected = sum(has_artifacts(kind, status) for *_, status, kind in runs)
+        log(f"ok: {len(runs)} runs, the {expected} that log artifacts each with its folder; no orphan folders; "
+            f"schema {revision} "
             f"(MLflow {mlflow_version()})")
     return 1 if problems else 0
 
