@@ -476,6 +476,7 @@ def restore(folder: server.ServerFolder, external: Optional[str], path: Path, lo
         if others:
             raise InputError(f"harness server: --restore refused, {others} other connection(s) to {where.db.shown} "
                              "(an MLflow server elsewhere?); stop them first; nothing was changed")
+        folder.root.mkdir(parents=True, exist_ok=True)
         staged = folder.root / f".artifacts-restoring-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         try:
@@ -622,12 +623,15 @@ def main(args, folder: server.ServerFolder, external: Optional[str]) -> Optional
         raise InputError(f"harness server: {' and '.join(chosen)} cannot be combined; give one")
     if args.start and args.restore is None:
         raise InputError("harness server: --start goes with --restore (plain `harness server` starts it)")
-    if args.backup is not None:
-        backup(folder, external, Path(args.backup) if args.backup else default_backup_dir(folder), args.keep)
-        return 0
-    if args.check is not None:
-        return check_backup(Path(args.check)) if args.check else check_server(folder, external)
-    restore(folder, external, Path(args.restore))
+    try:
+        if args.backup is not None:
+            backup(folder, external, Path(args.backup) if args.backup else default_backup_dir(folder), args.keep)
+            return 0
+        if args.check is not None:
+            return check_backup(Path(args.check)) if args.check else check_server(folder, external)
+        restore(folder, external, Path(args.restore))
+    except RuntimeError as exc:  # the folder's PostgreSQL would not start: its log's last lines, one line
+        raise ServerOperationFailed(str(exc)) from None
     if args.start:
         return None
     print(f"start it: make server   (harness server{f' --dir {folder.root}' if folder.root != server.ServerFolder.of().root else ''})")
