@@ -447,10 +447,19 @@ def add_arguments(parser) -> None:
                         help="comma-separated host names (and host:port) clients use to reach the server")
     parser.add_argument("--dir", default=None, metavar="DIR",
                         help=f"the server's folder (default: ${SERVER_DIR_ENV}, else ./{DEFAULT_SERVER_DIR})")
+    from harness import backup  # --backup, --restore, --check (harness/backup.py)
+
+    backup.add_arguments(parser)
 
 
 def main(args) -> int:
     folder = ServerFolder.of(args.dir)
+    from harness import backup
+
+    if backup.asked(args) or args.start:
+        code = backup.main(args, folder, with_driver(os.environ[DB_URI_ENV]) if os.environ.get(DB_URI_ENV) else None)
+        if code is not None:
+            return code
     if args.stop:
         stop(folder)
         return 0
