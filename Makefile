@@ -19,7 +19,7 @@ RUN_FLAGS = $(LEDGER_FLAG) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--
 quietly = $(1) >> $(SETUP_LOG) 2>&1 || { echo "setup: failed; the end of $(SETUP_LOG):"; tail -n 30 $(SETUP_LOG); exit 1; }
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run all table ui test test-fast coverage lint bench lr-find validate list clean-venv server server-stop faults audit
+.PHONY: help setup run all table ui test test-fast coverage lint bench lr-find validate list clean-venv server server-stop server-backup faults audit
 
 help: ## List the targets with a line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,9 @@ server: setup ## Start the team tracking server: PostgreSQL + MLflow on http://1
 
 server-stop: setup ## Stop what `make server` started, by PID
 	$(BIN)/harness server --stop
+
+server-backup: setup ## Back up the team server (dump, artifacts, manifest) to mlruns/server-backups/, last 7 kept; BACKUP_FLAGS='DIR --keep N'
+	$(BIN)/harness server --backup $(BACKUP_FLAGS)
 
 lr-find: setup ## LR range test: make lr-find ITER=second
 	@test -n "$(ITER)" || { echo "usage: make lr-find ITER=name"; exit 2; }

@@ -145,3 +145,20 @@ def test_one_image_reaches_the_backbone_alike_in_train_eval_predict_and_the_mlfl
     np.testing.assert_allclose(bundle.pixel_mean, train_only, atol=1e-5)
     layer_mean = pixels.mean_from_text(predictor.model.get_layer("pixels").training_mean, size)
     np.testing.assert_array_equal(layer_mean, bundle.pixel_mean)
+
+
+def test_a_single_head_model_predicts_through_the_predictor_with_its_training_mean():
+    """CIFAR-10's one output comes back from Keras as one array, not a list (the MLflow Model's
+    input example once failed on it: 'axis 1 is out of bounds')."""
+    from harness.models import build_model
+    from harness.serve.predict import ModelCard, Predictor
+
+    book = ledger.load("experiments/cifar10_resnet20.yaml")
+    iteration = book.resolve("final")
+    mean = np.full((32, 32, 3), 0.5, np.float32)
+    model = build_model(iteration, training_mean=mean)
+    card = ModelCard.of(iteration, run_id="r", profile="cpu", data="d", selected_epoch=1)
+    frame = Predictor(model, card).predict_arrays(np.random.default_rng(1).random((3, 32, 32, 3), dtype=np.float32))
+    assert list(frame.columns) == ["class", "class_prob"] and len(frame) == 3
+    assert set(frame["class"]) <= set(card.heads["class"]) and (frame["class_prob"] > 0).all()
+    np.testing.assert_array_equal(pixels.mean_from_text(model.get_layer("pixels").training_mean, 32), mean)

@@ -163,6 +163,8 @@ class Predictor:
         step = max(1, self.card.batch_size)
         for start in range(0, len(batch), step):
             predicted = self.model.predict_on_batch(batch[start:start + step])
+            if not isinstance(predicted, (dict, list, tuple)):  # a single-head model (CIFAR-10): one array
+                predicted = [predicted]
             outputs.append(predicted if isinstance(predicted, dict) else dict(zip(self.model.output_names, predicted)))
         frame = {}
         for head, classes in self.card.heads.items():

@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Optional
 
 
@@ -77,3 +78,9 @@ def read_state(folder: ServerFolder) -> dict:
 def save_state(folder: ServerFolder, state: dict) -> None:
     folder.state.touch(mode=0o600)
     folder.state.write_text(json.dumps(state, indent=1))
+
+
+def shown_db(db_uri: str) -> str:
+    """A database URI without its password."""
+    parts = urlsplit(db_uri)
+    return f"{parts.scheme}://{parts.username or ''}@{parts.hostname}:{parts.port or ''}{parts.path}"

@@ -29,13 +29,12 @@ import signal
 import subprocess
 import sys
 from typing import Optional
-from urllib.parse import urlsplit
 
 from harness.core.errors import InputError
 from harness.track.uris import mlflow_server_command
 from harness.core.process import (LOOPBACK, STARTUP_SECONDS, port_free, running_pid, stop_pid, url_for,
                                   wait_until_up)
-from harness.services.folder import ADMIN_PASSWORD_ENV, DB_URI_ENV, DEFAULT_PORT, DEFAULT_SERVER_DIR, SECRET_KEY_ENV, SERVER_DIR_ENV, ServerFolder, THROWAWAY_SETTINGS, TeamServer, save_state, read_state, log_tail
+from harness.services.folder import shown_db, ADMIN_PASSWORD_ENV, DB_URI_ENV, DEFAULT_PORT, DEFAULT_SERVER_DIR, SECRET_KEY_ENV, SERVER_DIR_ENV, ServerFolder, THROWAWAY_SETTINGS, TeamServer, save_state, read_state, log_tail
 from harness.services.postgres import local_database, with_driver
 
 
@@ -154,12 +153,6 @@ def start(folder: ServerFolder, host: str = "127.0.0.1", port: int = DEFAULT_POR
     return TeamServer(folder, url, mlflow_pid, postgres_pid, db_uri)
 
 
-def shown_db(db_uri: str) -> str:
-    """A database URI without its password."""
-    parts = urlsplit(db_uri)
-    return f"{parts.scheme}://{parts.username or ''}@{parts.hostname}:{parts.port or ''}{parts.path}"
-
-
 # --------------------------------------------------------------------------- command
 
 
@@ -177,10 +170,19 @@ def add_arguments(parser) -> None:
                         help="comma-separated host names (and host:port) clients use to reach the server")
     parser.add_argument("--dir", default=None, metavar="DIR",
                         help=f"the server's folder (default: ${SERVER_DIR_ENV}, else ./{DEFAULT_SERVER_DIR})")
+    from harness.services import backup  # --backup, --restore, --check (harness/backup.py)
+
+    backup.add_arguments(parser)
 
 
 def main(args) -> int:
     folder = ServerFolder.of(args.dir)
+    from harness.services import backup
+
+    if backup.asked(args) or args.start:
+        code = backup.main(args, folder, with_driver(os.environ[DB_URI_ENV]) if os.environ.get(DB_URI_ENV) else None)
+        if code is not None:
+            return code
     if args.stop:
         stop(folder)
         return 0
