@@ -1,4 +1,4 @@
-"""`harness server --backup / --restore / --check` (harness/backup.py) on a real team server:
+"""`harness server --backup / --restore / --check` (harness/services/backup.py) on a real team server:
 a PostgreSQL cluster from Debian's binaries and `mlflow server` over it (tests/pg_server.py), a
 real `harness run` logging to it from another process, real pg_dump and pg_restore.
 

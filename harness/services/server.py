@@ -170,7 +170,7 @@ def add_arguments(parser) -> None:
                         help="comma-separated host names (and host:port) clients use to reach the server")
     parser.add_argument("--dir", default=None, metavar="DIR",
                         help=f"the server's folder (default: ${SERVER_DIR_ENV}, else ./{DEFAULT_SERVER_DIR})")
-    from harness.services import backup  # --backup, --restore, --check (harness/backup.py)
+    from harness.services import backup  # --backup, --restore, --check (harness/services/backup.py)
 
     backup.add_arguments(parser)
 
