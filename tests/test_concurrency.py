@@ -110,7 +110,7 @@ def test_three_iterations_at_once_into_the_team_server(tmp_path, synth, team_ser
 
 HOLD = """
 import sys, time
-from harness.lease import IterationLock
+from harness.track.leases import IterationLock
 lock = IterationLock(sys.argv[1], sys.argv[2], sys.argv[3]).acquire()
 lock.record("run-held-elsewhere")
 print("held", flush=True)

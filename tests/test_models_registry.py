@@ -348,7 +348,14 @@ def test_synthetic_runs_are_marked_in_their_name_and_system_metrics_stop_with_th
     from harness.cli.parser import build_parser
 
     assert build_parser().parse_args(["run", "eleventh", "--no-system-metrics"]).system_metrics is False
-    assert build_parser().parse_args(["run", "eleventh"]).system_metrics is True
+    default = build_parser().parse_args(["run", "eleventh"]).system_metrics
+    assert default is None  # the setting decides: on unless HARNESS_SYSTEM_METRICS=0 (the tests' own)
+    from harness.core import settings
+
+    monkeypatch.delenv(settings.SYSTEM_METRICS_ENV, raising=False)
+    assert settings.system_metrics(default) is True
+    monkeypatch.setenv(settings.SYSTEM_METRICS_ENV, "0")
+    assert settings.system_metrics(default) is False and settings.system_metrics(True) is True
 
 
 def test_image_problems_are_named():

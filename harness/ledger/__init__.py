@@ -17,9 +17,9 @@ from harness.ledger.diffing import diff, flatten, format_change, short_value
 from harness.ledger.loader import SWEEP_KEY, load_yaml
 from harness.ledger.resolve import validate_dict, with_changes
 from harness.ledger.schema import (DESCRIPTIVE_KEYS, BackboneConfig, FreezeRule, Iteration, LedgerError, PassConfig,
-                                   StepSchedule)
+                                   PixelConfig, StepSchedule)
 from harness.ledger.suggest import suggest_name
 
 __all__ = ["DESCRIPTIVE_KEYS", "SWEEP_KEY", "BackboneConfig", "FreezeRule", "Iteration", "Ledger", "LedgerError",
-           "PassConfig", "StepSchedule", "diff", "flatten", "format_change", "load", "load_yaml", "short_value",
+           "PassConfig", "PixelConfig", "StepSchedule", "diff", "flatten", "format_change", "load", "load_yaml", "short_value",
            "suggest_name", "validate_dict", "with_changes"]
