@@ -119,7 +119,8 @@ class Target:
 
 
 @contextmanager
-def target(folder: server.ServerFolder, external: Optional[str], create: bool = False) -> Iterator[Target]:
+def target(folder: server.ServerFolder, external: Optional[str], create: bool = False,
+           db_port: Optional[int] = None) -> Iterator[Target]:
     """The folder's database: HARNESS_DB_URI's, else the folder's own cluster (started for the
     command's length when it is not running; initialized only with `create`, for a restore)."""
     if external:
@@ -129,7 +130,7 @@ def target(folder: server.ServerFolder, external: Optional[str], create: bool = 
             raise InputError(f"harness server: no server in {folder.root} (no PostgreSQL cluster in {folder.pg}, "
                              f"and {server.DB_URI_ENV} is not set); give --dir the server's folder")
         was_running = server.running_pid(folder.postgres_pid, "postgres")
-        uri, pid = server.local_database(folder, None, None, log=lambda *_: None)
+        uri, pid = server.local_database(folder, db_port, None, log=lambda *_: None)
         if create:  # a restore after the database was dropped: an empty one to restore into
             server.create_database(folder, server.DB_NAME)
         found = Target(folder, Database.of_uri(uri), external=False,
@@ -458,7 +459,8 @@ def check_backup(path: Path, log=print) -> int:
 # --------------------------------------------------------------------------- restore
 
 
-def restore(folder: server.ServerFolder, external: Optional[str], path: Path, log=print) -> dict:
+def restore(folder: server.ServerFolder, external: Optional[str], path: Path, log=print,
+            db_port: Optional[int] = None) -> dict:
     """Verify the backup, refuse while a server uses the target, then database and artifacts."""
     path = _one_backup(path)
     problems, manifest = problems_of(path)
@@ -471,7 +473,7 @@ def restore(folder: server.ServerFolder, external: Optional[str], path: Path, lo
                          f"(pid {running}); stop it first (make server-stop); nothing was changed")
     psql, pg_restore = pg_tool("psql"), pg_tool("pg_restore")
     started = time.monotonic()
-    with target(folder, external, create=True) as where:
+    with target(folder, external, create=True, db_port=db_port) as where:
         others = _other_sessions(where.db)
         if others:
             raise InputError(f"harness server: --restore refused, {others} other connection(s) to {where.db.shown} "
@@ -629,7 +631,7 @@ def main(args, folder: server.ServerFolder, external: Optional[str]) -> Optional
             return 0
         if args.check is not None:
             return check_backup(Path(args.check)) if args.check else check_server(folder, external)
-        restore(folder, external, Path(args.restore))
+        restore(folder, external, Path(args.restore), db_port=getattr(args, "db_port", None))
     except RuntimeError as exc:  # the folder's PostgreSQL would not start: its log's last lines, one line
         raise ServerOperationFailed(str(exc)) from None
     if args.start:
