@@ -222,8 +222,9 @@ def test_the_backup_taken_during_the_run_restores_into_an_empty_cluster(backed_u
     fresh.mkdir(mode=0o755)
     try:
         port = free_port()
+        # A PostgreSQL port of its own: the default may be another test module's cluster's.
         restored = harness("server", "--dir", str(fresh), "--restore", str(backed_up["a"]), "--start",
-                           "--port", str(port), "--workers", "1")
+                           "--port", str(port), "--db-port", str(free_port()), "--workers", "1")
         assert restored.returncode == 0, restored.stderr
         store = Store(f"http://127.0.0.1:{port}")
         [early] = store.runs("backup-during-run", "early")

@@ -149,7 +149,8 @@ def _write_backup(where: Target, pg_dump: str, temp: Path, now: dt.datetime) -> 
 # --------------------------------------------------------------------------- restore
 
 
-def restore(folder: ServerFolder, external: Optional[str], path: Path, log=print) -> dict:
+def restore(folder: ServerFolder, external: Optional[str], path: Path, log=print,
+            db_port: Optional[int] = None) -> dict:
     """Verify the backup, refuse while a server uses the target, then database and artifacts."""
     path = _one_backup(path)
     problems, manifest = problems_of(path)
@@ -162,7 +163,7 @@ def restore(folder: ServerFolder, external: Optional[str], path: Path, log=print
                          f"(pid {running}); stop it first (make server-stop); nothing was changed")
     psql, pg_restore = pg_tool("psql"), pg_tool("pg_restore")
     started = time.monotonic()
-    with target(folder, external, create=True) as where:
+    with target(folder, external, create=True, db_port=db_port) as where:
         others = _other_sessions(where.db)
         if others:
             raise InputError(f"harness server: --restore refused, {others} other connection(s) to {where.db.shown} "
@@ -260,7 +261,7 @@ def main(args, folder: ServerFolder, external: Optional[str]) -> Optional[int]:
             return 0
         if args.check is not None:
             return check_backup(Path(args.check)) if args.check else check_server(folder, external)
-        restore(folder, external, Path(args.restore))
+        restore(folder, external, Path(args.restore), db_port=getattr(args, "db_port", None))
     except RuntimeError as exc:  # the folder's PostgreSQL would not start: its log's last lines, one line
         raise ServerOperationFailed(str(exc)) from None
     if args.start:

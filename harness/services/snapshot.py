@@ -95,7 +95,8 @@ class Target:
 
 
 @contextmanager
-def target(folder: ServerFolder, external: Optional[str], create: bool = False) -> Iterator[Target]:
+def target(folder: ServerFolder, external: Optional[str], create: bool = False,
+           db_port: Optional[int] = None) -> Iterator[Target]:
     """The folder's database: HARNESS_DB_URI's, else the folder's own cluster (started for the
     command's length when it is not running; initialized only with `create`, for a restore)."""
     if external:
@@ -105,7 +106,7 @@ def target(folder: ServerFolder, external: Optional[str], create: bool = False) 
             raise InputError(f"harness server: no server in {folder.root} (no PostgreSQL cluster in {folder.pg}, "
                              f"and {DB_URI_ENV} is not set); give --dir the server's folder")
         was_running = running_pid(folder.postgres_pid, "postgres")
-        uri, pid = local_database(folder, None, None, log=lambda *_: None)
+        uri, pid = local_database(folder, db_port, None, log=lambda *_: None)
         if create:  # a restore after the database was dropped: an empty one to restore into
             create_database(folder, DB_NAME)
         found = Target(folder, Database.of_uri(uri), external=False,
