@@ -80,8 +80,11 @@ lint: setup ## Check the layers contract (import-linter, .importlinter; docs/arc
 # Two xdist workers; the team-server tests share one worker, the Ray tests another (tests/conftest.py).
 XDIST := -n 2 --dist loadgroup
 
-test: setup lint ## The whole suite on 2 workers (real TensorFlow, MLflow, Chromium; 54 min measured on 2 loaded cores)
-	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+# The team-server tests run after the rest, on their own: one of them (a run interrupted and
+# resumed through the server) failed once when the other worker trained beside it, and passes alone.
+test: setup lint ## The whole suite: 2 workers, then the team-server tests alone (real TensorFlow, MLflow, Chromium, PostgreSQL)
+	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest $(XDIST) -m "not server" $(PYTEST_ARGS)
+	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest -m server $(PYTEST_ARGS)
 
 coverage: setup ## The whole suite with line coverage of harness/ (terminal summary, HTML in mlruns/coverage)
 	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest $(XDIST) --cov=harness \

@@ -161,7 +161,7 @@ TRAINS = {"test_train", "test_data_learnability", "test_distribute", "test_paral
 SUBPROCESSES = {"test_cli", "test_concurrency", "test_distribute", "test_everyday", "test_faults_resume",
                 "test_faults_server", "test_faults_signals", "test_faults_state", "test_faults_store",
                 "test_parallel", "test_runs_compare", "test_sweep", "test_train", "test_ui_browser"}
-SERVERS = {"test_server", "test_faults_server"}  # and every test that uses the team_server fixture
+SERVERS = {"test_server", "test_faults_server", "test_server_backup"}  # and every test that uses the team_server fixture
 BROWSERS = {"test_ui_browser"}
 REAL = {"test_data_real", "test_real_learning"}
 RAY = {"test_parallel", "test_distribute"}
