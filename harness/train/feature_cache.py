@@ -92,12 +92,9 @@ class FeatureInputs:
 
 def applies(iteration: Iteration, pass_index: int) -> bool:
     """Features can stand in for images only when the backbone cannot change (frozen for the
-    whole pass) and the images cannot either (no flip or cutout between epochs)."""
-    from harness.models import policy_for
-
-    aug = iteration.augmentation
-    return (iteration.compute.feature_cache and policy_for(iteration, pass_index) == "backbone"
-            and not aug.flip and aug.cutout is None)
+    whole pass) and the images cannot either (no flip or cutout between epochs). The same rule
+    the cpu profile sizes such passes by (harness.ledger's Iteration.on_cached_features)."""
+    return iteration.on_cached_features(pass_index)
 
 
 # --------------------------------------------------------------------------- the key
