@@ -26,8 +26,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import signal
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -117,7 +119,8 @@ def train_one(ledger_path: str, name: str, options: dict, log_file: str) -> Outc
             out.write(line + "\n")
 
         try:
-            code = run_iteration(ledger.load(ledger_path), name, log=log, **options)
+            with one_interrupt():
+                code = run_iteration(ledger.load(ledger_path), name, log=log, **options)
             line = closing_line(name, lines)
         except InputError as exc:
             code, line = BAD_INPUT, exc.lines[0]
@@ -126,6 +129,35 @@ def train_one(ledger_path: str, name: str, options: dict, log_file: str) -> Outc
             code, line = FAILED, f"{type(exc).__name__}: {exc}"
             log(f"error: {line}")
     return Outcome(name, code, line, time.perf_counter() - started, log_file)
+
+
+@contextmanager
+def one_interrupt():
+    """Within it, the first SIGINT raises KeyboardInterrupt and later ones are ignored.
+
+    Ray cancels a running task by interrupting the worker's main thread, and repeats the request
+    every 2 s (its cancellation_retry_ms) while it has not seen the task stop. A second interrupt
+    landing in the run's own KILLED marking, or in the release of its iteration lock, would
+    leave the run RUNNING with a lease naming this worker: a process Ray keeps alive for the
+    next task, so the rerun the cancel promised would be refused as "already being trained".
+    Outside the main thread (where no signal handler can be set) it does nothing."""
+    interrupted = False
+
+    def first_only(_signum, _frame):
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, first_only)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def closing_line(name: str, lines: list[str]) -> str:
@@ -275,12 +307,16 @@ def _outcome(ray, ref, name: str) -> Outcome:
 def cancel(ray, refs: list) -> None:
     """Cancel tasks: first as a KeyboardInterrupt inside each (its run is marked KILLED, its
     state kept), then, for any still running after CANCEL_GRACE_S, by killing its worker (the
-    run stays RUNNING with its state: resumable all the same)."""
+    run stays RUNNING with its state: resumable all the same, once that worker is gone, which
+    is waited for here: a rerun started while it still held the iteration's lock and lease
+    would be refused)."""
     for ref in refs:
         ray.cancel(ref)
     _, stuck = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S) if refs else ([], [])
     for ref in stuck:
         ray.cancel(ref, force=True)
+    if stuck:
+        ray.wait(stuck, num_returns=len(stuck), timeout=CANCEL_GRACE_S)
 
 
 def _summary(outcomes: list[Outcome], log) -> int:
