@@ -161,3 +161,31 @@ def test_save_as_writes_a_ledger_that_validates_and_trains_the_same_config(proje
     assert again.returncode == 2
     assert again.stderr.strip().count("\n") == 0 and "--save-as: iteration 'one_lr' already exists" in again.stderr
     assert path.read_text() == text
+
+
+def test_a_notebook_trains_tabulates_compares_and_predicts_through_the_api(project, tmp_path):
+    """The notebook the README shows, using harness.api only."""
+    from harness import api
+    from harness.core.records import TAG_OVERRIDES
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(LEDGER + "  two:\n    extends: one\n    optimizer: {lr: 0.001}\n")
+    where = {"ledger": str(path), "tracking_uri": f"sqlite:///{tmp_path}/store/mlflow.db"}
+    assert api.load_ledger(path).names == ["one", "two"]
+    lines: list[str] = []
+    first = api.run("one", profile="smoke", data=project["data"], log=lines.append, **where)
+    second = api.run("two", profile="smoke", data=project["data"], log=lines.append, **where)
+    assert (first.iteration, second.iteration) == ("one", "two") and first.finished and second.finished
+    assert "selected_val_gender_acc" in second.metrics and TAG_OVERRIDES not in second.tags
+    assert not any("\r" in line or "\x1b" in line for line in lines)  # plain lines in a notebook cell, no redraws
+
+    frame = api.table(**where)
+    assert list(frame["iteration"][:2]) == ["one", "two"] and list(frame["run_id"][:2]) == [first.run_id, second.run_id]
+    compared = api.compare("one", "two", **where)
+    assert compared["config_diff"]["optimizer.lr"] == ["0.003", "0.001"]
+    assert [r["run_id"] for r in compared["runs"]] == [first.run_id, second.run_id]
+
+    images = sorted((Path(project["data"]) / "resized").iterdir())[:3]
+    predicted = api.predict("two", images, **where)
+    assert list(predicted["path"]) == [str(p) for p in images]
+    assert {"gender", "gender_prob", "age"} <= set(predicted.columns)
