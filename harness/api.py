@@ -17,8 +17,8 @@ keywords: `ledger=` (--ledger), `tracking_uri=`, `work_dir=`, `profile=`, `data=
 raises `harness.core.errors.InputError` (the CLI's exit 2), whose `lines` say what. Training prints
 its progress with `print` (or `log=`); outside a terminal (a Jupyter cell, a file) that is a plain
 line per interval and per epoch, never a redrawn bar (harness.train.progress). `table`, `runs` and
-`compare` import no TensorFlow. Owns no logic of its own beyond turning printed JSON into
-DataFrames; may import every package below harness.cli.
+`compare` import no TensorFlow. Little logic of its own: it makes the calls the commands make
+and turns their JSON into DataFrames. May import every package below harness.cli.
 """
 
 from __future__ import annotations
