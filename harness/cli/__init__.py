@@ -6,7 +6,7 @@ Exit codes: 0 ok, 2 bad input (ledger, data, arguments; also a store or run stat
 used, refused before anything is written), 1 anything else (a full disk: one line, no traceback).
 
 Owns: the parser (`parser`), the commands (`commands`), `main` (the console script
-`harness = harness.cli:main`). May import every package below it (run, sweep, report, serve,
+`harness = harness.cli:main`). May import every package below it (api, run, sweep, report, serve,
 services, track, ledger, data, models, core), but at module level only core: TensorFlow, MLflow
 and the rest load inside the command that needs them.
 """

@@ -92,6 +92,9 @@ def cmd_run(args) -> int:
             plan.append((name, ledger.load(found.path)))
     for name, book in plan:
         book.resolve(name)  # every name checked before anything trains
+    variants = _variants(args, plan)  # --set checked too; --save-as writes the ledger, then trains NAME
+    if args.save_as:
+        plan = [(args.save_as, ledger.load(plan[0][1].path))]
     if args.ray is not None:
         from harness.run.parallel import run_parallel
 
@@ -100,7 +103,8 @@ def cmd_run(args) -> int:
             raise _usage("--ray trains iterations of one ledger at a time; give LEDGER= or names from one ledger")
         return run_parallel(plan[0][1], [name for name, _ in plan], args.ray, profile=args.profile, data_dir=args.data, fresh=args.fresh,
                             tracking_uri=args.tracking_uri, work_dir=args.work_dir,
-                            skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit)
+                            skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit,
+                            overrides=None if args.save_as else args.overrides)
     from harness.core.errors import IterationHeld
 
     code = 0
@@ -109,13 +113,48 @@ def cmd_run(args) -> int:
             code = run_iteration(
                 book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
                 work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit,
-                system_metrics=args.system_metrics,
+                system_metrics=args.system_metrics, variant=variants.get(name),
             ) or code
         except IterationHeld as held:
             if not args.all:
                 raise
             print(f"{held.lines[0]}; skipping it")  # --all on two machines shares the ledger out
     return code
+
+
+def _variants(args, plan) -> dict:
+    """`--set PATH=VALUE`: iteration -> its variant (harness.run.variant), every flag checked
+    against every named iteration before anything is written; with `--save-as NAME` the variant
+    is written into the ledger (the same edit and checks as `sweep --promote`) and {} returned."""
+    from harness.run.variant import override_run, save_variant
+
+    if not args.overrides:
+        if args.save_as:
+            raise _usage("--save-as NAME saves a variant: give its changes with --set PATH=VALUE")
+        return {}
+    if args.all:
+        raise _usage("--set trains a variant of the named iterations, not of --all")
+    variants = {name: override_run(book, name, args.overrides, args.fresh) for name, book in plan}
+    if args.save_as:
+        if len(plan) != 1:
+            raise _usage("--save-as NAME takes one iteration")
+        (name, book), = plan
+        from harness.ledger.promote import check_name
+
+        check_name(book, args.save_as, "--save-as")
+        line = save_variant(book, name, variants[name], args.save_as)
+        print(f"{book.path}:{line}: added iteration {args.save_as} (extends {name}): "
+              f"{variants[name].overrides.label()}; training it as {args.save_as}")
+        return {}
+    return variants
+
+
+def cmd_reproduce(args) -> int:
+    from harness import api
+
+    return api.reproduce(args.run_id, strict=args.strict, at_commit=args.at_commit, data=args.data,
+                         tracking_uri=args.tracking_uri, work_dir=args.work_dir,
+                         system_metrics=args.system_metrics).code
 
 
 def cmd_eval(args) -> int:
@@ -232,6 +271,8 @@ def cmd_sweep(args) -> int:
         from harness.core.errors import InputError
 
         raise InputError("harness sweep: give --trials N (run trials), --promote NAME (write the best back), or both")
+    from harness.ledger.overrides import Overrides
+
     code = 0
     if args.trials is not None:
         if args.promote:
@@ -241,12 +282,13 @@ def cmd_sweep(args) -> int:
         plan = plan_sweep(book, args.iteration, trials=args.trials, space_file=args.space, study=args.study,
                           storage=args.storage, metric=args.metric, seed=args.seed, startup_trials=args.startup_trials,
                           warmup_epochs=args.warmup_epochs, timeout=args.timeout, profile=args.profile,
-                          data_dir=args.data, tracking_uri=args.tracking_uri, work_dir=args.work_dir)
+                          data_dir=args.data, tracking_uri=args.tracking_uri, work_dir=args.work_dir,
+                          overrides=Overrides.parse(args.overrides) or None)
         code = run_sweep(plan)
         args.study = plan.sweep
     if args.promote and code == 0:
         promote_best(_ledger(args), args.iteration, args.promote, study=args.study, storage=args.storage,
-                     tracking_uri=args.tracking_uri)
+                     tracking_uri=args.tracking_uri, overrides=Overrides.parse(args.overrides) or None)
     return code
 
 

@@ -7,7 +7,7 @@ import argparse
 
 from harness.core.settings import (DEFAULT_LEDGER, DEFAULT_TRACKING_URI, DEFAULT_WORK_DIR, TRACKING_URI_ENV,
                                    WORK_DIR_ENV)
-from harness.cli.commands import cmd_compare, cmd_data_synth, cmd_eval, cmd_list, cmd_lr_find, cmd_models, cmd_params, cmd_predict, cmd_reference, cmd_register, cmd_run, cmd_runs, cmd_server, cmd_show, cmd_sweep, cmd_table, cmd_ui, cmd_validate
+from harness.cli.commands import cmd_compare, cmd_data_synth, cmd_eval, cmd_list, cmd_lr_find, cmd_models, cmd_params, cmd_predict, cmd_reference, cmd_register, cmd_reproduce, cmd_run, cmd_runs, cmd_server, cmd_show, cmd_sweep, cmd_table, cmd_ui, cmd_validate
 
 
 # --------------------------------------------------------------------------- parser
@@ -37,6 +37,19 @@ def _add_training_inputs(parser):
                         help="dataset folder (default: $HARNESS_DATA, else a synthetic set in data/)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="train on the first N images only (default: all the profile allows)")
+
+
+def _add_set(parser):
+    parser.add_argument("--set", dest="overrides", action="append", default=None, metavar="PATH=VALUE",
+                        help="change a field for this run only, dotted as a sweep space writes it "
+                             "(optimizer.lr=3e-4, passes.0.epochs=5; the value is YAML); repeatable. "
+                             "The run is tagged harness.overrides and is never the table's row")
+
+
+def _add_system_metrics(parser):
+    parser.add_argument("--no-system-metrics", dest="system_metrics", action="store_false", default=None,
+                        help="do not log CPU, memory, disk and GPU use (MLflow system metrics; on unless "
+                             "$HARNESS_SYSTEM_METRICS=0)")
 
 
 def _add_model_commands(sub) -> None:
@@ -93,12 +106,27 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                    help="train the iterations at once as Ray tasks (pip install -e .[cluster]): auto (default) "
                         "joins $RAY_ADDRESS or starts a head on 127.0.0.1; or a cluster's HOST:PORT")
-    p.add_argument("--no-system-metrics", dest="system_metrics", action="store_false", default=None,
-                   help="do not log CPU, memory, disk and GPU use (MLflow system metrics; on unless "
-                        "$HARNESS_SYSTEM_METRICS=0)")
+    _add_set(p)
+    p.add_argument("--save-as", default=None, metavar="NAME",
+                   help="write the --set variant into the ledger as NAME (extends ITER, only the changed keys), "
+                        "then train NAME")
+    _add_system_metrics(p)
     _add_tracking(p)
     _add_work_dir(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("reproduce", help="train a past run's recorded config again, say what differs, "
+                                         "compare old and new")
+    p.add_argument("run_id", metavar="RUN_ID", help="a run id (or an unambiguous prefix), see `harness runs`")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 2) when the commit, the diff, the packages or the data differ")
+    p.add_argument("--at-commit", action="store_true",
+                   help="train in a temporary git worktree of the run's commit with its recorded diff applied")
+    p.add_argument("--data", default=None, metavar="DIR", help="dataset folder (default: the run's)")
+    _add_system_metrics(p)
+    _add_tracking(p)
+    _add_work_dir(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("eval", help="evaluate the latest finished run's best checkpoint on a data folder")
     p.add_argument("iteration")
@@ -151,6 +179,7 @@ def _add_sweep_command(sub) -> None:
     p.add_argument("--warmup-epochs", type=int, default=2, metavar="E",
                    help="no pruning in a trial's first E epochs (default 2)")
     p.add_argument("--promote", default=None, metavar="NAME", help="append the best trial to the ledger as NAME")
+    _add_set(p)
     _add_training_inputs(p)
     _add_tracking(p)
     _add_work_dir(p)

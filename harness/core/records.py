@@ -37,6 +37,12 @@ TAG_STORAGE = "harness.storage"  # the Optuna storage URL, password removed
 TAG_TRIAL = "harness.trial"  # the Optuna trial number a trial run belongs to
 TAG_RETRY_OF = "harness.retry_of"  # the trial a killed worker left, which this run resumes
 TAG_PRUNED = "harness.pruned"  # "true" on a trial run the pruner stopped (status KILLED)
+# Variants (`harness run ITER --set PATH=VALUE`): a KIND_VARIANT parent run, never the iteration's row.
+TAG_OVERRIDES = "harness.overrides"  # JSON {dotted path: value} the run changed in its iteration
+TAG_REPRODUCES = "harness.reproduces"  # `harness reproduce RUN_ID`: the run id this run trains again
+# What a run needs to be reproduced (harness.track.provenance): artifacts of every parent run.
+REQUIREMENTS_ARTIFACT = "environment/requirements.txt"  # name==version of the running interpreter
+DIFF_ARTIFACT = "code/diff.patch"  # `git diff HEAD` when the tree had uncommitted changes (TAG_GIT_DIRTY)
 
 # MLflow's own experiment tag: the UI opens an experiment tagged custom_model_development on its
 # runs table instead of the GenAI overview (harness.track tags every experiment it creates).
@@ -49,6 +55,7 @@ KIND_LR_FIND = "lr-find"
 KIND_REFERENCE = "reference"
 KIND_SWEEP = "sweep"
 KIND_TRIAL = "trial"
+KIND_VARIANT = "variant"
 
 REFERENCE_MAJORITY = "majority"
 REFERENCE_LINEAR_PROBE = "linear-probe"
@@ -65,7 +72,7 @@ SYNTHETIC_SUFFIX = " · synthetic"
 
 
 def display_name(iteration: str, synthetic: bool) -> str:
-    """The parent run's name as the MLflow UI shows it."""
+    """The parent run's name as the MLflow UI shows it (a variant's `eleventh +lr=3e-4`)."""
     return iteration + (SYNTHETIC_SUFFIX if synthetic else "")
 
 

@@ -27,13 +27,14 @@ from harness.ledger.space import changes_for, value_at
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
-def check_name(book: Ledger, new_name: str) -> None:
-    """A new, well-formed iteration name (exit 2 otherwise)."""
+def check_name(book: Ledger, new_name: str, flag: str = "--promote") -> None:
+    """A new, well-formed iteration name (exit 2 otherwise); `flag` names the option that gave it
+    (--promote, or `harness run --save-as`)."""
     if not NAME.match(new_name):
-        raise InputError(f"--promote: '{new_name}' is not an iteration name (a letter, then letters, digits, '_', '-')")
+        raise InputError(f"{flag}: '{new_name}' is not an iteration name (a letter, then letters, digits, '_', '-')")
     if new_name in book.names:
         line = book.lines.get(("iterations", new_name), 1)
-        raise InputError(f"{book.path}:{line}: --promote: iteration '{new_name}' already exists; choose another name")
+        raise InputError(f"{book.path}:{line}: {flag}: iteration '{new_name}' already exists; choose another name")
 
 
 class _Indented(yaml.SafeDumper):
@@ -91,13 +92,15 @@ def render(new_name: str, parent: str, body: dict, note: str, title: str, remark
 
 
 def append_iteration(book: Ledger, parent: str, new_name: str, values: dict, note: str, title: str,
-                     remark: str = "") -> int:
+                     remark: str = "", flag: str = "--promote") -> int:
     """Append `new_name` (extends `parent`, the changed `values`) to the ledger file; returns
-    the line it starts on. The rest of the file is left byte for byte."""
-    check_name(book, new_name)
+    the line it starts on. The rest of the file is left byte for byte. Used by `sweep --promote`
+    (the best trial's values) and `run --set ... --save-as` (flag names which, in errors)."""
+    check_name(book, new_name, flag)
     body = changed_keys(book, parent, values)
     if not body:
-        raise InputError(f"{parent}: the best trial's values equal {parent}'s own; nothing to promote")
+        what = "the best trial's values" if flag == "--promote" else "the --set values"
+        raise InputError(f"{flag} {new_name}: {what} equal {parent}'s own; nothing to write")
     path = Path(book.path)
     text = path.read_text()
     offset, indent = insertion_point(text, str(path))

@@ -21,7 +21,8 @@ from typing import Optional
 from harness.core import metrics as contract
 from harness.report.committed import started_text
 from harness.core.errors import InputError
-from harness.core.records import FINISHED, TAG_ITERATION, TAG_REFERENCE, RunRecord
+from harness.core.records import (FINISHED, SYNTHETIC_SUFFIX, TAG_ITERATION, TAG_OVERRIDES, TAG_REFERENCE,
+                                  TAG_REPRODUCES, RunRecord)
 from harness.report.cells import BEST_MARK, SYNTHETIC_MARK
 from harness.report.rows import data_label, is_synthetic, score
 
@@ -56,8 +57,13 @@ def describe(book, record: RunRecord, dataset: str) -> dict:
     done = int(record.steps.get(contract.LOSS, 0) or 0)
     total = total_epochs(book, record) if record.iteration else None
     reference = record.tags.get(TAG_REFERENCE)
+    shown = record.iteration or (f"reference/{reference}" if reference else record.name)
+    overrides = json.loads(record.tags[TAG_OVERRIDES]) if record.tags.get(TAG_OVERRIDES) else None
+    if overrides:  # a --set variant: its name shows the change (`eleventh +lr=3e-4`)
+        shown = record.name.removesuffix(SYNTHETIC_SUFFIX)
     return {
-        "run_id": record.run_id, "iteration": record.iteration or (f"reference/{reference}" if reference else record.name),
+        "run_id": record.run_id, "iteration": shown, "overrides": overrides,
+        "reproduces": record.tags.get(TAG_REPRODUCES),
         "status": record.status.lower(), "profile": record.profile, "data": data_label(record),
         "synthetic": is_synthetic(record), "value": headline.value, "epoch": headline.epoch,
         "selected_checkpoint": headline.selected, "epochs_done": done, "epochs_total": total,
@@ -86,8 +92,8 @@ def run_list(book, iteration: Optional[str] = None, *, tracking_uri: Optional[st
 
     dataset = book.resolve(book.names[0]).data.name
     reader = open_reader(tracking_uri, book.experiment)
-    records = reader.runs(iteration) if iteration else sorted(
-        reader.runs() + reader.references(), key=lambda r: r.start_time or 0, reverse=True)
+    records = reader.runs(iteration, variants=True) if iteration else sorted(
+        reader.runs(variants=True) + reader.references(), key=lambda r: r.start_time or 0, reverse=True)
     if iteration and not records and iteration not in book.names:
         book.resolve(iteration)  # the ledger's "no iteration named ..." with its did-you-mean
     shown = [describe(book, record, dataset) for record in records]
@@ -133,4 +139,8 @@ def find_runs(book, reader, wanted: list[str]) -> list[RunRecord]:
 
 
 def label(record: RunRecord) -> str:
-    return f"{record.tags.get(TAG_ITERATION) or record.name} ({record.run_id[:8]})"
+    """A run's column header in `compare`: its iteration (a variant's name with its change) and id."""
+    name = record.tags.get(TAG_ITERATION) or record.name
+    if record.tags.get(TAG_OVERRIDES):
+        name = record.name.removesuffix(SYNTHETIC_SUFFIX)
+    return f"{name} ({record.run_id[:8]})"

@@ -27,6 +27,9 @@ class Variant(Protocol):
     a wrapper around the tracker that sees every event (to report epochs, to prune)."""
 
     changes: dict  # nested changes, applied before the profile (harness.ledger.space.changes_for)
+    # A variant may also carry `resolved`: a fully resolved Iteration trained as is, the ledger
+    # and profile not applied again (a reproduction, harness.run.variant.Reproduction).
+    # Variants: harness.sweep.Trial, harness.run.variant.OverrideRun (--set) and Reproduction.
     run_name: str
     tags: dict
 
@@ -48,8 +51,10 @@ def check_places(tracking_uri: Optional[str], work_root: Path) -> None:
 def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: Optional[str] = None,
                   fresh: bool = False, tracking_uri: Optional[str] = None, work_dir: Optional[str] = None,
                   skip_bad_rows: bool = False, skip_finished: bool = False, limit: Optional[int] = None,
-                  variant: Optional[Variant] = None, system_metrics: Optional[bool] = None, log=print) -> int:
+                  variant: Optional[Variant] = None, system_metrics: Optional[bool] = None, log=print,
+                  on_run=None) -> int:
     """Train one iteration (or a `variant` of it); returns an exit code (0 done or skipped, 1 diverged).
+    `on_run(run_id)` is told the run's id once it is opened (harness.api.run returns its record).
     Another process training it already (this work dir's lock, or a live lease on the store):
     refused with IterationHeld before anything is written (harness.lease)."""
     from harness.track.leases import IterationLock
@@ -58,15 +63,15 @@ def run_iteration(book, name: str, *, profile: Optional[str] = None, data_dir: O
     work = resolve_work_dir(work_dir)
     check_places(tracking_uri, work.root)  # before prepare, which may generate the synthetic set
     prepared = prepare(book, name, profile, data_dir, skip_bad_rows, log, limit=limit,
-                       changes=variant.changes if variant else None)
+                       changes=variant.changes if variant else None, resolved=getattr(variant, "resolved", None))
     # A sweep's workers train trials of one iteration at once: each trial is its own lock.
     with IterationLock(work.root, book.experiment, variant.run_name if variant else name) as lock:
         return _run_locked(book, prepared, work, lock, tracking_uri, fresh, skip_finished, log, variant,
-                           settings.system_metrics(system_metrics))
+                           settings.system_metrics(system_metrics), on_run)
 
 
 def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool, skip_finished: bool, log,
-                variant: Optional[Variant], system_metrics: bool) -> int:
+                variant: Optional[Variant], system_metrics: bool, on_run=None) -> int:
     from harness.track.store import Store
     from harness.train.checkpoints import check_resumable
 
@@ -79,6 +84,8 @@ def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool,
     if decision.message:
         log(decision.message)
     if decision.kind == SKIP:
+        if on_run is not None and decision.run is not None:
+            on_run(decision.run.run_id)
         return 0
     bundle = prepared.datasets(work.cache)
     tracker = store.start(decision, book.experiment, prepared.iteration,
@@ -86,6 +93,8 @@ def _run_locked(book, prepared: Prepared, work, lock, tracking_uri, fresh: bool,
                           data=prepared.lineage(), system_metrics=system_metrics)
     tracker = variant.watch(tracker) if variant else tracker
     lock.record(tracker.run_id)
+    if on_run is not None:
+        on_run(tracker.run_id)
     if decision.kind == NEW:
         from harness.data.overlap import training_record
 

@@ -119,8 +119,13 @@ def train_one(ledger_path: str, name: str, options: dict, log_file: str) -> Outc
             out.write(line + "\n")
 
         try:
+            from harness.run.variant import override_run
+
+            options = dict(options)
+            book, flags = ledger.load(ledger_path), options.pop("overrides", None)  # `--set`: a variant run
             with one_interrupt():
-                code = run_iteration(ledger.load(ledger_path), name, log=log, **options)
+                code = run_iteration(book, name, log=log, variant=override_run(book, name, flags, options["fresh"]),
+                                     **options)
             line = closing_line(name, lines)
         except InputError as exc:
             code, line = BAD_INPUT, exc.lines[0]
@@ -231,8 +236,9 @@ def _shared_default_data(book, names, data_dir: Optional[str], log) -> Optional[
 def run_parallel(book, names: list[str], address: Optional[str] = AUTO, *, profile: Optional[str] = None,
                  data_dir: Optional[str] = None, fresh: bool = False, tracking_uri: Optional[str] = None,
                  work_dir: Optional[str] = None, skip_bad_rows: bool = False, skip_finished: bool = True,
-                 limit: Optional[int] = None, log: Callable = print) -> int:
-    """Train `names` as Ray tasks; the exit code is the worst iteration's (2 bad input, 1 failed)."""
+                 limit: Optional[int] = None, overrides: Optional[list[str]] = None, log: Callable = print) -> int:
+    """Train `names` as Ray tasks; the exit code is the worst iteration's (2 bad input, 1 failed).
+    `overrides`: `--set PATH=VALUE` flags, each task trains that variant of its iteration."""
     if not ray_installed():
         require_ray()
     from harness.core.settings import work_dir as resolve_work_dir
@@ -251,7 +257,7 @@ def run_parallel(book, names: list[str], address: Optional[str] = AUTO, *, profi
         resources = task_resources(ray.cluster_resources(), len(names))
         options = _task_options(uri, work.root, data_dir, {
             "profile": profile, "fresh": fresh, "skip_bad_rows": skip_bad_rows, "skip_finished": skip_finished,
-            "limit": limit})
+            "limit": limit, "overrides": overrides})
         task = ray.remote(train_one).options(**resources)
         where = "a local Ray head on 127.0.0.1" if started_here else "the Ray cluster"
         logs = work.root / "logs" / book.experiment

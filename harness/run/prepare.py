@@ -101,17 +101,22 @@ class Prepared:
 
 
 def prepare(book, name, profile, data_dir, skip_bad_rows, log, limit: Optional[int] = None,
-            changes: Optional[dict] = None) -> Prepared:
+            changes: Optional[dict] = None, resolved=None) -> Prepared:
     """Everything before tracking: bad input fails here, before MLflow or a file is touched.
-    `changes` (a sweep trial's values) apply to the iteration before the profile."""
+    `changes` (a sweep trial's values, --set) apply to the iteration before the profile;
+    `resolved` (a reproduction's recorded config) is trained as it is, under `profile`'s name."""
     from harness.data.source import open_dataset
     from harness.data.split import split
 
-    written = book.resolve(name, changes=changes)  # a bad name or field fails before TensorFlow is even imported
     if limit is not None and limit <= 0:
         raise InputError(f"--limit: a number of images must be positive (got {limit})")
-    profile, reason = choose_profile(profile)
-    iteration = book.resolve(name, profile, changes)
+    if resolved is not None:
+        written = iteration = resolved
+        profile, reason = profile or "full", "as recorded"
+    else:
+        written = book.resolve(name, changes=changes)  # a bad name or field fails before TensorFlow is even imported
+        profile, reason = choose_profile(profile)
+        iteration = book.resolve(name, profile, changes)
     if limit is not None:
         iteration = ledger.with_changes(iteration, {"data": {"limit": limit}})
     log(announcement(name, profile, reason, written, iteration, book.path))

@@ -33,6 +33,7 @@ from typing import Optional
 
 from harness.core import metrics
 from harness.core.errors import InputError
+from harness.core.records import TAG_OVERRIDES
 from harness.ledger.schema import Iteration
 from harness.ledger.book import Ledger
 from harness.ledger.diffing import flatten
@@ -64,8 +65,10 @@ def plan_sweep(book: Ledger, name: str, *, trials: Optional[int], space_file=Non
                storage: Optional[str] = None, metric: Optional[str] = None, seed: Optional[int] = None,
                startup_trials: Optional[int] = None, warmup_epochs: int = 2, timeout: Optional[float] = None,
                profile: Optional[str] = None, data_dir: Optional[str] = None, tracking_uri: Optional[str] = None,
-               work_dir: Optional[str] = None, log=print) -> Plan:
-    """Every check before anything is written: ledger, space, arguments, data (exit 2)."""
+               work_dir: Optional[str] = None, overrides=None, log=print) -> Plan:
+    """Every check before anything is written: ledger, space, arguments, data (exit 2).
+    `overrides` (harness.ledger.overrides.Overrides, `--set`): the sweep searches around that
+    variant of the iteration, every trial trains them too."""
     from harness.run.prepare import prepare
     from harness.sweep.storage import check_url, default_storage
     from harness.track.uris import artifact_root, resolve_uri
@@ -79,7 +82,11 @@ def plan_sweep(book: Ledger, name: str, *, trials: Optional[int], space_file=Non
         raise InputError("--warmup-epochs and --startup-trials take a number >= 0")
     if study is not None and not study.replace("-", "").replace("_", "").isalnum():
         raise InputError(f"--study: '{study}' must be letters, digits, '-' or '_'")
-    prepared = prepare(book, name, profile, data_dir, False, log)
+    base_changes = {}
+    if overrides:
+        overrides.check(book.resolve(name))
+        base_changes = overrides.changes(book.resolve(name))
+    prepared = prepare(book, name, profile, data_dir, False, log, changes=base_changes or None)
     chosen, direction = objective_metric(prepared.iteration, metric)
     overlay = book.profiles.get(prepared.profile)
     overridden = [r.path for r in space.ranges if overlay is not None and r.path in flatten(overlay.set)]
@@ -91,13 +98,13 @@ def plan_sweep(book: Ledger, name: str, *, trials: Optional[int], space_file=Non
     url = storage or default_storage(artifact_root(resolve_uri(tracking_uri)))
     check_url(url)
     data = prepared.tags.get("harness.data", "")
-    return Plan(book=book, name=name, space=space, base=book.resolve(name), profile=prepared.profile, metric=chosen,
+    return Plan(book=book, name=name, space=space, base=book.resolve(name, changes=base_changes or None), profile=prepared.profile, metric=chosen,
                 direction=direction, sweep=study or default_sweep_name(space, prepared.iteration, chosen, data),
-                storage_url=url, tags=prepared.tags, trials=trials or 0,
+                storage_url=url, tags={**prepared.tags, **({TAG_OVERRIDES: overrides.tag()} if overrides else {})}, trials=trials or 0,
                 seed=prepared.iteration.seed if seed is None else seed,
                 startup_trials=startup_trials if startup_trials is not None else min(10, max(2, (trials or 0) // 3)),
                 warmup_epochs=warmup_epochs, data_dir=data_dir, tracking_uri=tracking_uri, work_dir=work_dir,
-                timeout=timeout)
+                timeout=timeout, base_changes=base_changes)
 
 
 def run_sweep(plan: Plan, log=print) -> int:
@@ -131,8 +138,10 @@ def find_study(storage, experiment: str, name: str, study: Optional[str]) -> str
 
 
 def promote_best(book: Ledger, name: str, new_name: str, *, study: Optional[str] = None,
-                 storage: Optional[str] = None, tracking_uri: Optional[str] = None, log=print) -> str:
-    """Write the study's best trial into the ledger as `new_name` (harness.promote)."""
+                 storage: Optional[str] = None, tracking_uri: Optional[str] = None, overrides=None,
+                 log=print) -> str:
+    """Write the study's best trial into the ledger as `new_name` (harness.promote); with the
+    sweep's `--set` overrides, those values too."""
     import optuna
 
     from harness.ledger import promote
@@ -153,7 +162,7 @@ def promote_best(book: Ledger, name: str, new_name: str, *, study: Optional[str]
         raise InputError(f"{name}: sweep {study_name} has no complete trial to promote")
     best = loaded.best_trial
     space = space_from_dict(name, loaded.user_attrs[ATTR_SPACE])
-    values = space.values_of(best.params)
+    values = {**(overrides.values if overrides else {}), **space.values_of(best.params)}
     note = (f"promoted from sweep {study_name.split('/', 1)[1]} (MLflow run {loaded.user_attrs.get(ATTR_PARENT_RUN)}, "
             f"trial {best.number} run {best.user_attrs.get(ATTR_RUN)}): "
             f"{loaded.user_attrs.get(ATTR_METRIC)} {best.value:.4f}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from harness.ledger.schema import Iteration
@@ -20,6 +20,7 @@ from harness.ledger.book import Ledger
 from harness.core.records import (FAILED, KILLED, KIND_TRIAL, NEW, RESUME, TAG_KIND, TAG_RETRY_OF, TAG_STUDY,
                                   TAG_SWEEP, TAG_TRIAL, Decision)
 from harness.ledger.space import Space, changes_for
+from harness.ledger.diffing import deep_merge
 
 # Study and trial attributes the harness keeps in Optuna's storage.
 ATTR_SPACE, ATTR_METRIC, ATTR_PARENT_RUN = "harness.space", "harness.metric", "harness.parent_run"
@@ -49,6 +50,7 @@ class Plan:
     tracking_uri: Optional[str] = None
     work_dir: Optional[str] = None
     timeout: Optional[float] = None
+    base_changes: dict = field(default_factory=dict)  # `sweep --set`: the variant every trial starts from
 
     @property
     def study_name(self) -> str:
@@ -66,7 +68,7 @@ class Trial:
     def __init__(self, plan: Plan, trial, values: dict, parent_run_id: str, retry_of: Optional[int], log):
         self.plan, self.trial, self.values, self.log = plan, trial, values, log
         self.retry_of = retry_of  # the trial a killed worker left, when this one retries it
-        self.changes = changes_for(plan.base, values)
+        self.changes = deep_merge(plan.base_changes, changes_for(plan.base, values))
         self.run_name = f"{plan.run_name}/trial-{trial.number}"
         self.tags = {TAG_KIND: KIND_TRIAL, TAG_SWEEP: plan.sweep, TAG_STUDY: plan.study_name,
                      TAG_TRIAL: str(trial.number), "mlflow.parentRunId": parent_run_id,

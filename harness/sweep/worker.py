@@ -19,7 +19,8 @@ import yaml
 
 from harness.core.errors import InputError
 from harness.ledger.schema import LedgerError
-from harness.core.records import FINISHED, KIND_SWEEP, TAG_ITERATION, TAG_KIND, TAG_STORAGE, TAG_STUDY, TAG_SWEEP
+from harness.core.records import (FINISHED, KIND_SWEEP, TAG_ITERATION, TAG_KIND, TAG_OVERRIDES, TAG_STORAGE,
+                                  TAG_STUDY, TAG_SWEEP)
 from harness.sweep.claims import TrialClaims, TrialRetry
 from harness.sweep.storage import open_storage, redact
 from harness.track.uris import sqlite_path
@@ -121,8 +122,13 @@ class Worker:
         best = study.best_trial
         self.log(f"  best: trial {best.number}, {self.plan.metric} {best.value:.4f} "
                  f"({describe_values(self.plan.space.values_of(best.params))}), run {best.user_attrs.get(ATTR_RUN)}")
-        self.log(f"  promote it: harness sweep {self.plan.name} --study {self.plan.sweep} --promote "
-                 f"{self.plan.name}_tuned")
+        import shlex
+
+        from harness.ledger.overrides import Overrides
+
+        again = shlex.join(Overrides.from_tag(self.plan.tags.get(TAG_OVERRIDES)).flags())  # `sweep --set`: kept
+        self.log(f"  promote it: harness sweep {self.plan.name} --study {self.plan.sweep} "
+                 f"{again + ' ' if again else ''}--promote {self.plan.name}_tuned")
         return 0
 
 

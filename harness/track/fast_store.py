@@ -25,7 +25,7 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, Optional
 
-from harness.core.records import (FINISHED, KIND_ITERATION, KIND_REFERENCE, TAG_CONFIG_SHA, TAG_ITERATION,
+from harness.core.records import (FINISHED, KIND_ITERATION, KIND_REFERENCE, KIND_VARIANT, TAG_CONFIG_SHA, TAG_ITERATION,
                                   TAG_KIND, RunRecord)
 from harness.track.uris import SQLITE_PREFIX, chosen_uri, sqlite_path
 
@@ -116,14 +116,16 @@ class SqliteReader:
         """Parent and reference runs of the experiment, newest first (loaded once)."""
         if self._loaded is None:
             self._loaded = self._records(
-                "run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value IN (?, ?))",
-                (TAG_KIND, KIND_ITERATION, KIND_REFERENCE))
+                "run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value IN (?, ?, ?))",
+                (TAG_KIND, KIND_ITERATION, KIND_REFERENCE, KIND_VARIANT))
         return self._loaded
 
     # ---- the reader's questions
 
-    def runs(self, iteration: Optional[str] = None) -> list[RunRecord]:
-        return [r for r in self._all() if r.tags.get(TAG_KIND) == KIND_ITERATION
+    def runs(self, iteration: Optional[str] = None, variants: bool = False) -> list[RunRecord]:
+        """Parent runs, newest first (with `variants`, the `--set` runs too: never a table row)."""
+        kinds = (KIND_ITERATION, KIND_VARIANT) if variants else (KIND_ITERATION,)
+        return [r for r in self._all() if r.tags.get(TAG_KIND) in kinds
                 and (iteration is None or r.tags.get(TAG_ITERATION) == iteration)]
 
     def latest_finished(self, iteration: str, config_sha: Optional[str] = None) -> Optional[RunRecord]:

@@ -68,9 +68,10 @@ def run_tags(iteration: Iteration) -> dict:
             "mlflow.source.type": "LOCAL"}
 
 
-def parent_query(iteration: Optional[str] = None, status: Optional[str] = None) -> str:
-    """The search filter for parent runs: of one iteration, in one status, if given."""
-    query = f"tags.`{TAG_KIND}` = '{KIND_ITERATION}'"
+def parent_query(iteration: Optional[str] = None, status: Optional[str] = None, kind: str = KIND_ITERATION) -> str:
+    """The search filter for parent runs (or, with `kind`, variant runs): of one iteration, in
+    one status, if given."""
+    query = f"tags.`{TAG_KIND}` = '{kind}'"
     if iteration:
         query += f" and tags.`{TAG_ITERATION}` = '{iteration}'"
     return query + (f" and attributes.status = '{status}'" if status else "")

@@ -9,7 +9,7 @@ from typing import Iterable, Optional
 from mlflow.exceptions import MlflowException
 
 
-from harness.core.records import (FINISHED, KIND_REFERENCE, TAG_KIND, RunRecord)
+from harness.core.records import (FINISHED, KIND_REFERENCE, KIND_VARIANT, TAG_KIND, RunRecord)
 from harness.track.layout import run_record, search
 from harness.track.store import Store
 from harness.track.uris import resolve_uri, store_exists
@@ -33,9 +33,15 @@ class MlflowReader:
     # The rest answers as harness.track.fast_store.SqliteReader does, through the MLflow client (REST
     # for a server).
 
-    def runs(self, iteration: Optional[str] = None) -> list[RunRecord]:
-        """Parent runs of the experiment, newest first."""
-        return self._store.runs(self.experiment, iteration) if self._store is not None else []
+    def runs(self, iteration: Optional[str] = None, variants: bool = False) -> list[RunRecord]:
+        """Parent runs of the experiment, newest first (with `variants`, the `--set` runs too)."""
+        if self._store is None:
+            return []
+        found = self._store.runs(self.experiment, iteration)
+        if variants:
+            found = sorted(found + self._store.runs(self.experiment, iteration, KIND_VARIANT),
+                           key=lambda r: r.start_time or 0, reverse=True)
+        return found
 
     def references(self) -> list[RunRecord]:
         """Finished reference runs (`harness reference`), newest first."""

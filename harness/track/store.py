@@ -39,7 +39,7 @@ from harness.track import remote, store_check
 from harness.core.errors import StoreUnusable
 from harness.track.leases import check_running, lines
 from harness.ledger.schema import Iteration
-from harness.core.records import (EXPERIMENT_KIND_TRAINING, FINISHED, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXPERIMENT_KIND, TAG_FAILURE_REASON,
+from harness.core.records import (EXPERIMENT_KIND_TRAINING, FINISHED, KIND_ITERATION, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXPERIMENT_KIND, TAG_FAILURE_REASON,
                                   TAG_KIND, TAG_REFERENCE, TAG_SPLIT, UNFINISHED,
                                   DataLineage, Decision, MetricPoint, RunRecord)
 from harness.track.failures import quiet_store_errors
@@ -115,12 +115,34 @@ class Store:
 
     # ---- reading
 
-    def runs(self, experiment: str, iteration: Optional[str] = None) -> list[RunRecord]:
-        """Parent runs of an experiment, newest first, optionally of one iteration."""
-        return [run_record(run) for run in search(self, experiment, parent_query(iteration))]
+    def runs(self, experiment: str, iteration: Optional[str] = None, kind: str = KIND_ITERATION) -> list[RunRecord]:
+        """Parent runs of an experiment, newest first, optionally of one iteration; `kind`
+        KIND_VARIANT: the `--set` variants' runs instead (never an iteration's own)."""
+        return [run_record(run) for run in search(self, experiment, parent_query(iteration, kind=kind))]
 
     def run(self, run_id: str) -> RunRecord:
         return run_record(self._client.get_run(run_id))
+
+    def find(self, run_id: str) -> tuple[Optional[RunRecord], Optional[str]]:
+        """(record, experiment name) of the run with this id, or of the only active run in any
+        experiment whose id starts with it; (None, None) when there is none."""
+        try:
+            run = self._client.get_run(run_id)
+            if run.info.lifecycle_stage == "active":
+                return run_record(run), self._client.get_experiment(run.info.experiment_id).name
+        except MlflowException:
+            pass
+        if len(run_id) < 4:
+            return None, None
+        matches = [(run, experiment.name) for experiment in self._client.search_experiments()
+                   for run in self._client.search_runs([experiment.experiment_id], "", max_results=5000)
+                   if run.info.run_id.startswith(run_id)]
+        return (run_record(matches[0][0]), matches[0][1]) if len(matches) == 1 else (None, None)
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        """Tags added to a run after it ended (a reproduction trained by another process)."""
+        for key, value in tags.items():
+            self._client.set_tag(run_id, key, value)
 
     def children(self, run_id: str) -> list[RunRecord]:
         """A parent run's pass runs, oldest first."""
@@ -163,6 +185,17 @@ class Store:
         local = Path(self._client.download_artifacts(run_id, path, str(dest)))
         guards.check_inside(local, Path(dest), f"run {run_id} artifact '{path}'")
         return local
+
+    def artifact_text(self, run_id: str, path: str) -> Optional[str]:
+        """A text artifact of a run (config.yaml, environment/requirements.txt), None when the run
+        has none of that name."""
+        import tempfile
+
+        parent = Path(path).parent.as_posix()
+        if path not in {a.path for a in self._client.list_artifacts(run_id, None if parent == "." else parent)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.download(run_id, path, Path(tmp)).read_text()
 
     def attach(self, run_id: str, data: dict, artifact_file: str) -> None:
         """A JSON artifact added to a run (an evaluation on another folder, say)."""

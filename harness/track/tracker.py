@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 from harness.core import faults, metrics
 from harness.track.leases import Lease
 from harness.ledger.schema import Iteration
-from harness.core.records import (FAILED, FINISHED, KILLED, KIND_PASS, RUNNING, TAG_FAILURE_REASON,
+from harness.core.records import (FAILED, FINISHED, KILLED, KIND_PASS, KIND_TRIAL, RUNNING, TAG_FAILURE_REASON,
                                   TAG_ITERATION, TAG_KIND, TAG_LEASE, TAG_PASS, TAG_PRUNED, SYNTHETIC_SUFFIX, TAG_SYNTHETIC, DataLineage, RunRecord, display_name)
-from harness.track.layout import now_ms, params_of, run_tags, git_tags
+from harness.track.layout import now_ms, params_of, run_tags
+from harness.track.provenance import Provenance
 from harness.track.models import log_model
 
 
@@ -41,7 +42,9 @@ class RunTracker:
             self.run_id = resumed.run_id
             self._children, self._logged_steps = _reopen_parent(client, experiment_id, self.run_id)
         else:
-            shown = run_name or display_name(self.name, data is not None and data.synthetic)  # a trial keeps its name
+            synthetic = data is not None and data.synthetic  # a trial keeps its name; a variant's is marked too
+            shown = (run_name if run_name and tags.get(TAG_KIND) == KIND_TRIAL
+                     else display_name(run_name or self.name, synthetic))
             self.run_id = _open_parent(client, experiment_id, iteration, shown, tags, data)
             self._children, self._logged_steps = {}, set()
 
@@ -145,10 +148,13 @@ class RunTracker:
 def _open_parent(client: MlflowClient, experiment_id: str, iteration: Iteration, name: str, tags: dict,
                  data: Optional[DataLineage]) -> str:
     """A new parent run holding this process's lease: its tags, the data as a dataset input,
-    the training settings as params, config.yaml. Returns its id."""
+    the training settings as params, config.yaml, and what reproducing it needs (harness.track.
+    provenance: requirements.txt, the diff of a dirty tree). Returns its id."""
     synthetic = {TAG_SYNTHETIC: str(data.synthetic).lower()} if data is not None else {}
+    found = Provenance.now()
     run_id = client.create_run(experiment_id, run_name=name, tags={
-        **run_tags(iteration), **git_tags(), **tags, **synthetic, TAG_LEASE: Lease.mine().to_tag()}).info.run_id
+        **run_tags(iteration), **found.tags(), **tags, **synthetic, TAG_LEASE: Lease.mine().to_tag()}).info.run_id
+    found.log(client, run_id)
     if data is not None:
         _log_dataset(client, run_id, data)
     params = params_of(iteration.training_dict())
