@@ -6,6 +6,7 @@ in its own process so its peak memory (max RSS, from wait4) is its own:
   (b) frozen-VGG16 epoch at 96 px, feature cache against images    bench_training.py --which cache
   (c) `harness run` epoch against a bare model.fit                  bench_training.py --which overhead
   (d) `harness list`, and `harness table` over a 500-run store      (timed here, fresh processes)
+      and the provenance every run records, against `pip freeze`
   (f-h) MLflow Model logging per run, REST latency, system-metrics overhead   bench_model.py
   (e) `harness run` epoch against a bare model.fit, logging to a PostgreSQL-backed MLflow server,
       and `harness table` over 500 runs on that server              bench_server.py
@@ -194,7 +195,18 @@ def cli_rows(python: str) -> list:
             wall = statistics.median(m[1] for m in measured)
             rows.append((label, "", f"{wall:.2f} s (median of {repeat})", "", f"< {bound:g} s", wall < bound,
                          max(m[2] for m in measured)))
+    rows.append(provenance_row(python))
     return rows
+
+
+def provenance_row(python: str) -> tuple:
+    """What every run records to be reproduced (packages, git diff), against a `pip freeze` subprocess."""
+    probe = ("import sys; from harness.track.provenance import Provenance; "
+             "print(Provenance.now(sys.argv[1]).seconds)")
+    ours = statistics.median(float(run_measured([python, "-c", probe, str(ROOT)])[0]) for _ in range(3))
+    freeze = statistics.median(run_measured([python, "-m", "pip", "freeze", "--all"])[1] for _ in range(3))
+    return ("(d) provenance a run records (requirements.txt, git diff)", f"{freeze:.2f} s (`pip freeze`)",
+            f"{ours:.2f} s (median of 3)", f"{ours / freeze:.2f}", "<= 1 s", ours <= 1.0, 0.0)
 
 
 def table(rows: list) -> str:

@@ -1,8 +1,8 @@
 """What a run needs to be reproduced, beside its config and data fingerprint: the code and the packages.
 
 Every new parent run logs `environment/requirements.txt` (name==version of every distribution the
-running interpreter sees: `pip freeze`'s list, read with importlib.metadata in ~0.05 s instead of
-a pip subprocess, ~1 s) and, when the git tree has uncommitted changes to tracked files,
+running interpreter sees: `pip freeze`'s list, read with importlib.metadata instead of a pip
+subprocess; `make bench` row (d) times both) and, when the git tree has uncommitted changes to tracked files,
 `code/diff.patch` (`git diff HEAD`, binary changes included), tagged `harness.git_dirty=true`;
 the commit is MLflow's own `mlflow.source.git.commit` tag. Untracked files are not in the diff.
 `harness reproduce` (harness.run.reproduce) reads them back and says what differs now.
@@ -10,7 +10,9 @@ the commit is MLflow's own `mlflow.source.git.commit` tag. Untracked files are n
 
 from __future__ import annotations
 
+import site
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -22,10 +24,26 @@ from harness.core.records import DIFF_ARTIFACT, REQUIREMENTS_ARTIFACT, TAG_GIT_D
 COMMIT_TAG = "mlflow.source.git.commit"
 
 
+def _install_paths() -> list[str]:
+    """sys.path without the folders nested inside a site-packages directory.
+
+    Some packages put their vendored copies on sys.path once imported (Ray adds
+    `site-packages/ray/thirdparty_files`, with colorama's dist-info in it). pip freeze does not
+    list those, and neither may we: a run's requirements must not depend on what was imported first.
+    """
+    roots = [Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()] if p]
+    kept = []
+    for entry in sys.path:
+        where = Path(entry or ".").resolve()
+        if not any(root in where.parents for root in roots):
+            kept.append(entry)
+    return kept
+
+
 def requirements() -> str:
     """`pip freeze` of this interpreter: one `name==version` a line, sorted by name."""
     found = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=_install_paths()):
         name = dist.metadata.get("Name")
         if name:
             found.setdefault(name.lower().replace("_", "-"), f"{name}=={dist.version}")
