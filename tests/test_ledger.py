@@ -395,3 +395,24 @@ def test_missing_required_profiles(tmp_path):
     path.write_text("experiment: x\niterations:\n  a: {passes: [{epochs: 1}]}\n")
     lines = errors_of(path)
     assert any("profiles.cpu: required" in e for e in lines)
+
+
+def test_an_lr_every_pass_overrides_is_refused_for_set_and_sweep(tmp_path):
+    """`--set optimizer.lr` (or a sweep over it) on an iteration whose every pass sets its own LR
+    would train the iteration unchanged under a name that says otherwise: refused in one line."""
+    from harness.core.errors import InputError
+    from harness.ledger.overrides import Overrides
+    from harness.ledger.space import load_space
+
+    book = ledger.load("runs.yaml")
+    with pytest.raises(InputError) as refused:
+        Overrides.parse(["optimizer.lr=3e-4"]).check(book.resolve("eleventh"))
+    assert str(refused.value).startswith("--set optimizer.lr: changes nothing eleventh trains: every pass sets its "
+                                         "own LR (passes.0 lr 0.001, passes.1 lr 0.0001)")
+    Overrides.parse(["passes.0.lr=3e-4"]).check(book.resolve("eleventh"))  # one pass's LR is a real change
+    Overrides.parse(["optimizer.lr=3e-4"]).check(book.resolve("second"))  # second's pass takes the optimizer's
+    space = tmp_path / "space.yaml"
+    space.write_text("sweep:\n  optimizer.lr: {log_uniform: [1.0e-5, 1.0e-1]}\n")
+    with pytest.raises(LedgerError, match="eighth.sweep.optimizer.lr: changes nothing eighth trains"):
+        load_space(book, "eighth", space)
+    assert load_space(book, "second", space).ranges  # second's own sweep block is fine

@@ -1,6 +1,6 @@
 """`--set PATH=VALUE`: one run's changes to an iteration, in the sweep space's dotted paths.
 
-    harness run eleventh --set optimizer.lr=3e-4 --set passes.0.epochs=5
+    harness run second --set optimizer.lr=3e-4 --set passes.0.epochs=5
 
 A path names a training field exactly as a `sweep:` block does (harness.ledger.space:
 `optimizer.lr`, `batch_size.train`, `passes.0.epochs`); the value is YAML (`3e-4`, `[32, 64]`,
@@ -9,7 +9,7 @@ the number it reads as. The changed iteration is validated like a ledger entry b
 runs; each error names its flag (`--set optimizer.lr: ...`), one line, InputError (exit 2).
 
 `Overrides` is what the variant run records (tag harness.overrides, JSON) and shows in its name
-(`eleventh +lr=3e-4`). Pure Python: no TensorFlow, no MLflow.
+(`second +lr=3e-4`). Pure Python: no TensorFlow, no MLflow.
 """
 
 from __future__ import annotations

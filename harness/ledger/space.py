@@ -210,7 +210,18 @@ def field_problem(iteration: Iteration, path: str) -> Optional[str]:
         else:
             model, indexed = _submodel(model.model_fields[part].annotation)
         done.append(part)
-    return None
+    return _shadowed(iteration, parts)
+
+
+def _shadowed(iteration: Iteration, parts: list) -> Optional[str]:
+    """Why a training field changes nothing the iteration trains (None: it does). The one field
+    that can be shadowed is the optimizer's lr: a pass with its own lr or schedule ignores it, so
+    a sweep over it, or `--set optimizer.lr=...`, would train the same weights under another name."""
+    if parts != ["optimizer", "lr"] or not all(p.lr is not None or p.schedule is not None for p in iteration.passes):
+        return None
+    own = ", ".join(f"passes.{i} {p.describe_lr(iteration.optimizer.lr)}" for i, p in enumerate(iteration.passes))
+    return (f"changes nothing {iteration.name} trains: every pass sets its own LR ({own}); "
+            f"change one pass's instead, e.g. passes.0.lr")
 
 
 def _range_problem(kind: str, bounds: Any, step: Any) -> Optional[str]:
