@@ -92,6 +92,7 @@ iterations:
 """
 
 
+@pytest.mark.train  # trains a pass: not for `make test-fast`
 def test_a_pass_on_cached_features_stops_at_its_measured_cost_and_says_so(tmp_path):
     from harness.data.synth import generate
     from harness.run.launch import run_iteration
