@@ -1,0 +1,172 @@
+"""Trust statistics (issue #23): per-example predictions of the selected checkpoint, the paired
+statistics of harness.report.stats, and `harness compare`'s intervals and verdicts. Real
+TensorFlow, a real SQLite MLflow store in a temp folder, the tiny synthetic hvc set of
+tests/test_train.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import ledger
+from harness.core.labels import HVC_HEADS
+
+pytestmark = pytest.mark.slow  # trains models: left out by `make test-fast`
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = """\
+experiment: tiny
+defaults:
+  seed: 3
+  data: {name: hvc, image_size: 32, val_fraction: 0.25, cache: memory}
+  backbone: {name: custom, freeze: none}
+  head: {neck: gap, neck_units: 16, tower_units: [8], tower_dropouts: [0.0]}
+  optimizer: {name: adam, lr: 0.003}
+  batch_size: {train: 16, eval: 16}
+profiles:
+  cpu: {set: {}, max_epochs_per_pass: 2}
+  smoke: {set: {}, max_epochs_per_pass: 1}
+iterations:
+  one:
+    passes: [{epochs: 2, monitor: val_gender_acc}]
+  other:
+    extends: one
+    data: {split_seed: 7}
+"""
+# `harness compare` in a subprocess, reporting what it imported (tests/test_runs_compare.py's probe).
+PROBE = """
+import sys
+from harness.cli import main
+code = main(sys.argv[1:])
+print("HEAVY:" + ",".join(m for m in ("tensorflow", "keras", "mlflow") if m in sys.modules))
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store with one finished smoke run of `one` and one of `other` (another split seed), on
+    a 96-image synthetic set: trained once for the module's read-only tests."""
+    from harness.data.synth import generate
+    from harness.run.launch import run_iteration
+
+    folder = tmp_path_factory.mktemp("trust")
+    generate(folder / "synth", 96, seed=5)
+    (folder / "tiny.yaml").write_text(TINY)
+    book = ledger.load(folder / "tiny.yaml")
+    uri = f"sqlite:///{folder}/store/mlflow.db"
+    for name in ("one", "other"):
+        lines = []
+        assert run_iteration(book, name, profile="smoke", data_dir=str(folder / "synth"), tracking_uri=uri,
+                             log=lines.append) == 0, lines
+    return {"book": book, "uri": uri, "data": folder / "synth", "folder": folder}
+
+
+def compare(trained, *args):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-c", PROBE, "compare", *args, "--ledger", str(trained["book"].path),
+                           "--tracking-uri", trained["uri"]], cwd=trained["folder"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_predictions_of_the_selected_checkpoint_equal_eval_argmax(trained, tmp_path):
+    """The artifact holds, per validation row, what `harness eval` predicts with the logged checkpoint."""
+    from harness.core.labels import heads_for
+    from harness.run.evaluate import _eval_rows, checkpoint_outputs
+    from harness.track.fast_store import open_reader
+    from harness.track.reader import MlflowReader
+    from harness.track.store import Store
+
+    book, uri = trained["book"], trained["uri"]
+    reader = open_reader(uri, book.experiment)
+    run = reader.latest_finished("one")
+    found = reader.predictions(run.run_id)
+    assert found is not None and found == MlflowReader(uri, book.experiment).predictions(run.run_id)
+    iteration = book.resolve("one", run.profile)
+    table, rows, _ = _eval_rows(run, iteration, None)
+    assert list(found.rows) == [int(r) for r in rows] and len(rows) == 24  # 25% of 96
+    assert found.images[0] == table.frame["image_path"].to_numpy()[rows[0]]
+    _, predicted = checkpoint_outputs(Store(uri), run, iteration, table, rows, tmp_path)
+    for head, classes in heads_for("hvc").items():
+        assert list(found.pred[head]) == [classes[i] for i in predicted[head]]
+        assert list(found.true[head]) == [classes[i] for i in table.labels[head][rows]]
+        assert all(0.0 < p <= 1.0 for p in found.prob[head])
+        accuracy = np.mean(np.array(found.pred[head]) == np.array(found.true[head]))
+        assert accuracy == pytest.approx(run.metrics[f"selected_val_{head}_acc"], abs=1e-9)
+
+
+def test_a_run_compared_with_itself_is_within_noise(trained):
+    result = compare(trained, "one", "one")
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY:\n" in result.stdout, "compare imported TensorFlow or MLflow"
+    lines = result.stdout.splitlines()
+    assert any("95% CI" in line for line in lines)
+    for head in HVC_HEADS:
+        row = next(line for line in lines if line.startswith(f"{head} acc "))
+        assert "+0.0000" in row and "[+0.0000, +0.0000]" in row and row.endswith("within noise")
+    shown = json.loads(compare(trained, "one", "one", "--json").stdout.split("HEAVY:")[0])
+    gender = shown["stats"][0]["heads"]["gender"]["acc"]
+    assert gender["difference"] == 0 and gender["verdict"] == "within noise" and gender["p"] == 1.0
+    assert gender["method"] == "percentile"  # BCa is undefined without spread: the fallback
+
+
+def test_runs_on_different_images_get_no_paired_interval(trained):
+    result = compare(trained, "one", "other")
+    assert result.returncode == 0, result.stderr
+    assert "did not score the same images" in result.stdout
+    shown = json.loads(compare(trained, "one", "other", "--json").stdout.split("HEAVY:")[0])
+    assert shown["stats"][0]["heads"] == {} and "same images" in shown["stats"][0]["note"]
+
+
+def test_runs_without_predictions_show_a_note_not_a_failure(records_store):
+    """Runs logged before predictions/val.json (tests/store_builder.py's hand-made runs)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "compare", "base", "first", "--ledger",
+                             str(records_store["ledger"]), "--tracking-uri", records_store["uri"]],
+                            cwd=records_store["folder"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "logged no per-example predictions" in result.stdout
+
+
+def test_the_interval_is_scipy_bootstrap_on_the_same_arrays():
+    """compare_pair's interval is scipy.stats.bootstrap (paired, BCa, the fixed generator) on the
+    per-image right/wrong arrays; McNemar's p is statsmodels' exact test on their 2x2 table."""
+    from scipy.stats import bootstrap
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from harness.core.predictions import Predictions
+    from harness.report import stats
+
+    generator = np.random.default_rng(1)
+    n, classes = 300, HVC_HEADS["gender"]
+    true = generator.integers(0, 2, n)
+    pred_a = np.where(generator.random(n) < 0.6, true, 1 - true)
+    pred_b = np.where(generator.random(n) < 0.75, true, 1 - true)
+
+    def side(pred):
+        names = lambda codes: tuple(classes[c] for c in codes)  # noqa: E731
+        return Predictions(tuple(range(n)), tuple(map(str, range(n))), {"gender": names(true)},
+                           {"gender": names(pred)}, {"gender": (None,) * n})
+
+    acc, bacc = stats.compare_pair(side(pred_a), side(pred_b))
+    right_a, right_b = (pred_a == true).astype(float), (pred_b == true).astype(float)
+    direct = bootstrap((right_b, right_a), lambda b, a, axis: b.mean(axis=axis) - a.mean(axis=axis), paired=True,
+                       confidence_level=0.95, method="BCa", n_resamples=stats.N_RESAMPLES,
+                       rng=np.random.default_rng(stats.RNG_SEED)).confidence_interval
+    assert (acc.low, acc.high) == pytest.approx((direct.low, direct.high), abs=1e-12)
+    assert acc.method == "BCa" and acc.difference == pytest.approx(right_b.mean() - right_a.mean())
+    assert acc.verdict == ("better" if direct.low > 0 else "worse" if direct.high < 0 else "within noise")
+    table = [[np.sum((right_a == 1) & (right_b == 1)), np.sum((right_a == 1) & (right_b == 0))],
+             [np.sum((right_a == 0) & (right_b == 1)), np.sum((right_a == 0) & (right_b == 0))]]
+    assert acc.p == pytest.approx(mcnemar(table, exact=True).pvalue)
+    from sklearn.metrics import balanced_accuracy_score
+
+    assert bacc.difference == pytest.approx(balanced_accuracy_score(true, pred_b) - balanced_accuracy_score(true, pred_a))
+    same = stats.compare_pair(side(pred_a), side(pred_a))[0]
+    assert (same.difference, same.low, same.high, same.verdict) == (0, 0, 0, "within noise")
