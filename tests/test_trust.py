@@ -170,3 +170,79 @@ def test_the_interval_is_scipy_bootstrap_on_the_same_arrays():
     assert bacc.difference == pytest.approx(balanced_accuracy_score(true, pred_b) - balanced_accuracy_score(true, pred_a))
     same = stats.compare_pair(side(pred_a), side(pred_a))[0]
     assert (same.difference, same.low, same.high, same.verdict) == (0, 0, 0, "within noise")
+
+
+REPEATED = TINY.replace("  smoke: {set: {}, max_epochs_per_pass: 1}", "  smoke: {set: {}, max_epochs_per_pass: 2}")
+
+
+def harness_run(folder: Path, *args, fault=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    env.pop("HARNESS_FAULT", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if fault:
+        env["HARNESS_FAULT"] = fault
+    command = [sys.executable, "-m", "harness.cli", *args, "--ledger", str(folder / "tiny.yaml"),
+               "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_repeats_two_seeds_and_a_killed_repeat_resumes_alone(tmp_path):
+    """`--repeats 2`: repeat 2 is SIGKILLed after its first epoch (the third snapshot of the
+    process: repeat 1 took two); the same command again skips repeat 1 and resumes repeat 2.
+    Then the table and compare show the group's mean ± sd over the two seeds."""
+    from harness.data.synth import generate
+    from harness.track.store import Store
+
+    generate(tmp_path / "synth", 96, seed=5)
+    (tmp_path / "tiny.yaml").write_text(REPEATED)
+    train = ["run", "one", "--repeats", "2", "--profile", "smoke", "--data", str(tmp_path / "synth"),
+             "--work-dir", str(tmp_path / "work")]
+    killed = harness_run(tmp_path, *train, fault="after-snapshot:3")
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    store = Store(f"sqlite:///{tmp_path}/mlflow.db")
+    before = {r.tags["harness.repeat"]: (r.run_id, r.status) for r in store.runs("tiny", "one")}
+    assert before["1/2"][1] == "FINISHED" and before["2/2"][1] == "RUNNING"  # SIGKILL: nobody marked it
+
+    rerun = harness_run(tmp_path, *train)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"one repeat 1/2: already finished (run {before['1/2'][0][:8]}" in rerun.stdout
+    assert f"one repeat 2/2: resuming unfinished run {before['2/2'][0][:8]}" in rerun.stdout
+    runs = store.runs("tiny", "one")
+    assert sorted((r.tags["harness.repeat"], r.run_id, r.status) for r in runs) == [
+        ("1/2", before["1/2"][0], "FINISHED"), ("2/2", before["2/2"][0], "FINISHED")]
+    assert len({r.tags["harness.group"] for r in runs}) == 1
+    assert sorted(store.run(r.run_id).params["seed"] for r in runs) == ["3", "4"]
+
+    table = harness_run(tmp_path, "table", "--out", str(tmp_path / "R.md"))
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in (tmp_path / "R.md").read_text().splitlines() if line.startswith("| 1 | one"))
+    assert "(n=2)" in row and " ± " in row
+    shown = json.loads(harness_run(tmp_path, "compare", "one", "one", "--json").stdout)
+    gender = shown["stats"][0]["heads"]["gender"]["acc"]
+    assert (gender["n_a"], gender["n_b"], gender["verdict"]) == (2, 2, "within noise")
+    assert gender["method"] == "two-level percentile" and gender["difference"] == 0
+
+
+def test_ledger_repeats_give_seeds_and_one_group_and_bad_counts_exit_2(tmp_path):
+    """`repeats: 3` in the ledger (what `--all` honours too) and `--repeats N` resolve to the
+    same plan; a count below 1 is one line naming the flag, exit 2, nothing written."""
+    from harness.run.repeats import repeats_of
+
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("    passes: [{epochs: 2, monitor: val_gender_acc}]",
+                                                     "    passes: [{epochs: 2, monitor: val_gender_acc}]\n    repeats: 3"))
+    book = ledger.load(tmp_path / "tiny.yaml")
+    plan = repeats_of(book, "one", "smoke", None)
+    assert [(r.seed, r.tags["harness.repeat"]) for r in plan] == [(3, "1/3"), (4, "2/3"), (5, "3/3")]
+    assert len({r.tags["harness.group"] for r in plan}) == 1
+    assert repeats_of(book, "one", "smoke", 1) == [] and len(repeats_of(book, "other", "smoke", 2)) == 2
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(TINY)
+    assert ledger.load(plain).resolve("one").config_sha() == book.resolve("one").config_sha()  # not what a run trains
+
+    from cli_run import harness
+
+    result = harness("run", "one", "--repeats", "0", "--ledger", str(plain), "--tracking-uri",
+                     f"sqlite:///{tmp_path}/store/mlflow.db", cwd=tmp_path)
+    assert result.returncode == 2 and not (tmp_path / "store").exists()
+    assert (result.stdout + result.stderr).strip().splitlines() == [
+        "error: harness run: --repeats 0: give a number of runs, 1 or more"]
