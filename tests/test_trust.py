@@ -36,6 +36,10 @@ iterations:
   other:
     extends: one
     data: {split_seed: 7}
+  lower:
+    extends: one
+    optimizer: {lr: 0.001}
+    remark: Acc improved.
 """
 # `harness compare` in a subprocess, reporting what it imported (tests/test_runs_compare.py's probe).
 PROBE = """
@@ -49,8 +53,9 @@ sys.exit(code)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A store with one finished smoke run of `one` and one of `other` (another split seed), on
-    a 96-image synthetic set: trained once for the module's read-only tests."""
+    """A store with one finished smoke run each of `one`, `other` (another split seed) and
+    `lower` (one's split, another LR), on a 96-image synthetic set: trained once for the
+    module's read-only tests."""
     from harness.data.synth import generate
     from harness.run.launch import run_iteration
 
@@ -59,7 +64,7 @@ def trained(tmp_path_factory):
     (folder / "tiny.yaml").write_text(TINY)
     book = ledger.load(folder / "tiny.yaml")
     uri = f"sqlite:///{folder}/store/mlflow.db"
-    for name in ("one", "other"):
+    for name in ("one", "other", "lower"):
         lines = []
         assert run_iteration(book, name, profile="smoke", data_dir=str(folder / "synth"), tracking_uri=uri,
                              log=lines.append) == 0, lines
@@ -121,6 +126,38 @@ def test_runs_on_different_images_get_no_paired_interval(trained):
     assert "did not score the same images" in result.stdout
     shown = json.loads(compare(trained, "one", "other", "--json").stdout.split("HEAVY:")[0])
     assert shown["stats"][0]["heads"] == {} and "same images" in shown["stats"][0]["note"]
+
+
+def test_table_shows_vs_parent_and_the_trust_table(trained):
+    """`vs parent` = the gender difference to the parent's run and its verdict; RESULTS' trust
+    table has every head's interval and p, and the remark beside the verdict; a row whose parent
+    scored other images stays empty there; the README block stays within 220 bytes a line."""
+    import re
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = trained["folder"] / "RESULTS.md"
+    result = subprocess.run([sys.executable, "-c", PROBE, "table", "--out", str(out), "--ledger",
+                             str(trained["book"].path), "--tracking-uri", trained["uri"]], cwd=trained["folder"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "mlflow" not in result.stdout.split("HEAVY:")[1] and "tensorflow" not in result.stdout.split("HEAVY:")[1]
+    block = [line for line in result.stdout.split("HEAVY:")[0].splitlines() if line.startswith("|")]
+    assert max(len(line.encode()) for line in block) <= 220
+    header = [c.strip() for c in block[0].strip("|").split("|")]
+    rows = {cells[1]: dict(zip(header, cells)) for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in block[2:])}
+    assert re.fullmatch(r"[+-]\d\.\d{3} (better|worse|within noise)", rows["lower"]["vs parent"])
+    assert rows["other"]["vs parent"] == "" and rows["one"]["vs parent"] == ""
+    text = out.read_text()
+    assert "## Against the parent: paired 95% intervals" in text
+    lower = next(line for line in text.splitlines() if line.startswith("| 10 | lower") or "| lower " in line
+                 and "notes:" in line)
+    verdict = rows["lower"]["vs parent"].split(" ", 1)[1]
+    assert f"notes: Acc improved ; measured: {verdict}" in lower
+    assert len(re.findall(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] p=", lower)) == len(HVC_HEADS)
+    other = next(line for line in text.splitlines() if "| other " in line and "| one " in line)
+    assert "did not score the same images" in other
 
 
 def test_runs_without_predictions_show_a_note_not_a_failure(records_store):
@@ -246,3 +283,48 @@ def test_ledger_repeats_give_seeds_and_one_group_and_bad_counts_exit_2(tmp_path)
     assert result.returncode == 2 and not (tmp_path / "store").exists()
     assert (result.stdout + result.stderr).strip().splitlines() == [
         "error: harness run: --repeats 0: give a number of runs, 1 or more"]
+
+
+REAL = os.environ.get("HARNESS_HVC_REAL", "")
+SHORT = """\
+experiment: real-trust
+defaults:
+  seed: 1
+  data: {name: hvc, image_size: 32, val_fraction: 0.15, split_seed: 42, cache: memory}
+  backbone: {name: custom, freeze: none}
+  head: {neck: gap, neck_units: 64, tower_units: [32], tower_dropouts: [0.2], batch_norm: true}
+  optimizer: {name: adam, lr: 0.002}
+  batch_size: {train: 32, eval: 128}
+profiles:
+  cpu: {set: {}}
+  smoke: {set: {}}
+iterations:
+  short:
+    passes: [{epochs: 4, monitor: val_loss}]
+"""
+
+
+@pytest.mark.skipif(not REAL or not (Path(REAL) / "hvc_annotations.csv").is_file(),
+                    reason="real hvc subset not available: set HARNESS_HVC_REAL to the folder holding "
+                           "hvc_annotations.csv")
+def test_a_trained_model_on_real_images_is_better_than_majority(tmp_path):
+    """tests/test_real_learning.py's short run on the real subset (900 validation images) against
+    `harness reference`'s majority predictor on the same split: gender `better`, McNemar p < 0.01."""
+    from harness.core.records import TAG_REFERENCE
+    from harness.report.trust import Judge
+    from harness.run.launch import run_iteration
+    from harness.run.reference import run_references
+    from harness.track.fast_store import open_reader
+
+    (tmp_path / "real.yaml").write_text(SHORT)
+    book = ledger.load(tmp_path / "real.yaml")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    lines = []
+    assert run_iteration(book, "short", profile="full", data_dir=REAL, tracking_uri=uri, log=lines.append) == 0, lines
+    run_references(book, data_dir=REAL, profile="full", tracking_uri=uri, log=lines.append)
+    reader = open_reader(uri, book.experiment)
+    majority = next(r for r in reader.references() if r.tags.get(TAG_REFERENCE) == "majority")
+    found = Judge(reader).compare([majority], [reader.latest_finished("short")])
+    gender = found["heads"]["gender"]["acc"]
+    assert found["note"] is None and gender["images"] == 900
+    assert gender["verdict"] == "better" and gender["p"] < 0.01, (gender, lines[-3:])
