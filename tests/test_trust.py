@@ -14,6 +14,7 @@ import pytest
 
 from harness import ledger
 from harness.core.labels import HVC_HEADS
+from test_real_learning import SHORT as REAL_LEARNING_SHORT
 
 pytestmark = pytest.mark.slow  # trains models: left out by `make test-fast`
 
@@ -286,22 +287,8 @@ def test_ledger_repeats_give_seeds_and_one_group_and_bad_counts_exit_2(tmp_path)
 
 
 REAL = os.environ.get("HARNESS_HVC_REAL", "")
-SHORT = """\
-experiment: real-trust
-defaults:
-  seed: 1
-  data: {name: hvc, image_size: 32, val_fraction: 0.15, split_seed: 42, cache: memory}
-  backbone: {name: custom, freeze: none}
-  head: {neck: gap, neck_units: 64, tower_units: [32], tower_dropouts: [0.2], batch_norm: true}
-  optimizer: {name: adam, lr: 0.002}
-  batch_size: {train: 32, eval: 128}
-profiles:
-  cpu: {set: {}}
-  smoke: {set: {}}
-iterations:
-  short:
-    passes: [{epochs: 4, monitor: val_loss}]
-"""
+# tests/test_real_learning.py's short run on the real subset, one epoch longer: a clearer margin.
+SHORT = REAL_LEARNING_SHORT.replace("real-short", "real-trust").replace("epochs: 3,", "epochs: 4,")
 
 
 @pytest.mark.skipif(not REAL or not (Path(REAL) / "hvc_annotations.csv").is_file(),

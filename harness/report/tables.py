@@ -233,12 +233,15 @@ def from_legacy(cells: dict, layout: Layout) -> tuple[dict, dict]:
 def merge_committed(tables: Tables, previous: list[committed.Table], rows: list[Row], known: Callable) -> Tables:
     """Keep each committed row whose run this store does not know: an iteration's unless the
     store has a newer finished run of it, a reference run's unless the store has one of the same
-    reference on the same split. `known(ids)` answers which run ids the store holds."""
+    reference on the same split. `known(ids)` answers which run ids the store holds. The kept
+    rows keep their cells in every table (the trust table's too: its intervals need the runs'
+    predictions, which a fresh clone's store does not have)."""
     found = {table.heading: table for table in previous}
     main_table = found.get(MAIN_HEADING) or next((t for t in previous if "Run" in t.columns), None)
     if main_table is None:
         return tables
-    by_table = [t.rows if t else [] for t in (main_table, found.get(ACC_HEADING), found.get(BACC_HEADING))]
+    by_table = [t.rows if t else [] for t in (main_table, found.get(ACC_HEADING), found.get(BACC_HEADING),
+                                              found.get(TRUST_HEADING))]
     legacy = [from_legacy(r, tables.layout) for r in by_table[0]]
     by_table[0] = [main for main, _ in legacy]
     if not by_table[1]:  # the wide table held the per-head accuracies itself
@@ -248,14 +251,16 @@ def merge_committed(tables: Tables, previous: list[committed.Table], rows: list[
     old_refs = [[r for r in rows_ if r.get("#") == "ref"] for rows_ in by_table]
     run_of = lambda cells: cells.get("Run", "").split(" ")[0]  # noqa: E731  ("id stale" -> id)
     holds = known([run_of(r) for r in by_table[0] if run_of(r)])
-    targets = (tables.main, tables.accs, tables.baccs)
+    targets = (tables.main, tables.accs, tables.baccs, tables.trust)
     for index, row in enumerate(rows):
         before = old[0].get(row.name)
         if before is None or not committed.keeps(run_of(before), before.get("Started (UTC)", ""),
                                                  row.run.start_time if row.run else None, run_of(before) in holds):
             continue
         tables.kept.add(row.name)
-        for target, cells in zip(targets, (before, old[1].get(row.name, {}), old[2].get(row.name, {}))):
+        for target, cells in zip(targets, (before, *(old[k].get(row.name, {}) for k in (1, 2, 3)))):
+            if index >= len(target):
+                continue
             fresh = target[index]
             target[index] = {column: fresh[column] if column in WRITTEN_COLUMNS else
                              cells.get(column, fresh[column] if column in LEDGER_COLUMNS else "")
@@ -266,10 +271,15 @@ def merge_committed(tables: Tables, previous: list[committed.Table], rows: list[
         if (cells.get("Iteration"), cells.get("Split", "")) in shown or not run_of(cells) or run_of(cells) in holds:
             continue
         tables.kept_references += 1
-        for target, rows_ in zip(targets, old_refs):
+        for target, rows_, columns in zip(targets, old_refs, _columns(tables)):
             before = rows_[i] if i < len(rows_) else {}
-            target.append({column: before.get(column, "") for column in target[0]})
+            target.append({column: before.get(column, "") for column in columns})
     return tables
+
+
+def _columns(tables: Tables) -> tuple:
+    layout = tables.layout
+    return layout.main_columns(), layout.head_columns(), layout.head_columns(), layout.trust_columns()
 
 
 def _mark_synthetic(cells: dict, value_column: str) -> None:
