@@ -92,6 +92,10 @@ def cmd_run(args) -> int:
             plan.append((name, ledger.load(found.path)))
     for name, book in plan:
         book.resolve(name)  # every name checked before anything trains
+    if args.repeats is not None and args.repeats < 1:
+        raise _usage(f"--repeats {args.repeats}: give a number of runs, 1 or more")
+    if args.repeats is not None and (args.overrides or args.save_as or args.ray is not None):
+        raise _usage("--repeats trains the ledger's iterations; it does not combine with --set, --save-as or --ray")
     variants = _variants(args, plan)  # --set checked too; --save-as writes the ledger, then trains NAME
     if args.save_as:
         plan = [(args.save_as, ledger.load(plan[0][1].path))]
@@ -107,18 +111,24 @@ def cmd_run(args) -> int:
                             overrides=None if args.save_as else args.overrides)
     from harness.core.errors import IterationHeld
 
+    from harness.run.repeats import repeats_of
+
     code = 0
     for name, book in plan:
-        try:
-            code = run_iteration(
-                book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh, tracking_uri=args.tracking_uri,
-                work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows, skip_finished=args.all, limit=args.limit,
-                system_metrics=args.system_metrics, variant=variants.get(name),
-            ) or code
-        except IterationHeld as held:
-            if not args.all:
-                raise
-            print(f"{held.lines[0]}; skipping it")  # --all on two machines shares the ledger out
+        # --repeats N (or the ledger's `repeats`): N runs, each decided alone (harness.run.repeats)
+        runs = (repeats_of(book, name, args.profile, args.repeats, args.fresh) or [variants.get(name)]
+                if name not in variants else [variants[name]])
+        for variant in runs:
+            try:
+                code = run_iteration(
+                    book, name, profile=args.profile, data_dir=args.data, fresh=args.fresh,
+                    tracking_uri=args.tracking_uri, work_dir=args.work_dir, skip_bad_rows=args.skip_bad_rows,
+                    skip_finished=args.all, limit=args.limit, system_metrics=args.system_metrics, variant=variant,
+                ) or code
+            except IterationHeld as held:
+                if not args.all:
+                    raise
+                print(f"{held.lines[0]}; skipping it")  # --all on two machines shares the ledger out
     return code
 
 

@@ -110,6 +110,10 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--save-as", default=None, metavar="NAME",
                    help="write the --set variant into the ledger as NAME (extends ITER, only the changed keys), "
                         "then train NAME")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="train N runs with seeds seed, seed+1, ... on the same split (tags harness.group, "
+                        "harness.repeat); finished repeats are skipped on a rerun, a killed one resumes "
+                        "(default: the ledger's `repeats`, 1)")
     _add_system_metrics(p)
     _add_tracking(p)
     _add_work_dir(p)

@@ -40,6 +40,9 @@ TAG_PRUNED = "harness.pruned"  # "true" on a trial run the pruner stopped (statu
 # Variants (`harness run ITER --set PATH=VALUE`): a KIND_VARIANT parent run, never the iteration's row.
 TAG_OVERRIDES = "harness.overrides"  # JSON {dotted path: value} the run changed in its iteration
 TAG_REPRODUCES = "harness.reproduces"  # `harness reproduce RUN_ID`: the run id this run trains again
+# Repeats (`harness run ITER --repeats N`, `repeats: N`): N ordinary runs over seeds on one split.
+TAG_GROUP = "harness.group"  # one id shared by the N runs
+TAG_REPEAT = "harness.repeat"  # "k/N", k counted from 1
 # What a run needs to be reproduced (harness.track.provenance): artifacts of every parent run.
 REQUIREMENTS_ARTIFACT = "environment/requirements.txt"  # name==version of the running interpreter
 DIFF_ARTIFACT = "code/diff.patch"  # `git diff HEAD` when the tree had uncommitted changes (TAG_GIT_DIRTY)

@@ -24,7 +24,8 @@ from harness.ledger.suggest import _suggest
 
 # Keys that describe an iteration rather than configure training: they are left out of the
 # config sha (editing a remark must not force a fresh run) and of "changes vs parent".
-DESCRIPTIVE_KEYS = ("title", "remark", "reported", "extends")
+# `repeats` (how many runs over seeds, harness.run.repeats) says how often, not what one run trains.
+DESCRIPTIVE_KEYS = ("title", "remark", "reported", "extends", "repeats")
 
 REQUIRED_PROFILES = ("cpu", "smoke")
 
@@ -331,6 +332,8 @@ class Iteration(_Strict):
     compute: ComputeConfig = ComputeConfig()
     reported: tuple[ReportedPass, ...] = ()
     remark: str = ""
+    # `harness run ITER` trains it this many times, seeds seed, seed+1, ... on one split (--repeats N overrides)
+    repeats: int = Field(1, ge=1, le=100)
 
     @model_validator(mode="after")
     def _first_pass_starts_somewhere(self):

@@ -3,7 +3,9 @@
 Owns: the table's rows (`rows`), the shared presentation of a run and an iteration in a cell
 (`cells`: `table`, `runs` and `compare` all use it), the three RESULTS tables (`tables`), the text
 they become (`render`: markdown, the README block, csv/json), the committed file read back
-(`committed`), the curves plot (`plot`), and the commands `table`, `runs`, `compare`.
+(`committed`), the curves plot (`plot`), the trust statistics (`stats`: paired bootstrap
+intervals, McNemar, verdicts, through scipy and statsmodels; `trust`: which runs stand for a side,
+their predictions, the cells and lines), and the commands `table`, `runs`, `compare`.
 May import: harness.track's readers (harness.track.fast_store.open_reader), harness.ledger and
 harness.core. No TensorFlow, and no MLflow on the SQLite fast path: the MLflow client is reached
 only through harness.track, for stores fast_store cannot read.

@@ -6,7 +6,11 @@
 Shows the config keys whose values differ (from the params each run logged: the flattened
 resolved config), every head's validation accuracy and balanced accuracy at the selected
 checkpoint with the best marked `*` (ties all marked; older runs show their best epoch, marked),
-then epochs, seconds per epoch and duration. `--json` gives the same as one object. No TensorFlow.
+then epochs, seconds per epoch and duration. Then, for each run after the first against the
+first (B - A), each head's paired difference with its `95% CI`, McNemar's p and the verdict
+(`better`, `worse`, `within noise`; harness.report.stats), from the runs' per-example predictions;
+an iteration whose latest run belongs to a repeat group stands for the group's finished repeats
+(mean ± sd over seeds). `--json` gives the same as one object. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -74,8 +78,9 @@ def compare_runs(book, wanted: list[str], *, tracking_uri: Optional[str] = None,
     described = [describe(book, r, dataset) for r in records]
     diff = config_diff(records)
     heads = head_rows(records, dataset)
+    judged = trust_rows(reader, records)
     if as_json:
-        log(json.dumps({"runs": described, "config_diff": diff, "metrics": heads}, indent=1))
+        log(json.dumps({"runs": described, "config_diff": diff, "metrics": heads, "stats": judged}, indent=1))
         return 0
     headers = ["", *(label(r) for r in records)]
     facts = [["status", *(d["status"] for d in described)], ["profile", *(d["profile"] for d in described)],
@@ -103,7 +108,47 @@ def compare_runs(book, wanted: list[str], *, tracking_uri: Optional[str] = None,
     log(tabulate(lines, headers=headers, tablefmt="simple", disable_numparse=True))
     log(f"{WINNER} best of the runs; {BEST_MARK} best epoch of a run older than the selected checkpoint; "
         f"{MISSING} not logged")
+    for found, record in zip(judged, records[1:]):
+        log("")
+        for line in trust_lines(found, label(records[0]), label(record)):
+            log(line)
     return 0
+
+
+def trust_rows(reader, records: list[RunRecord]) -> list[dict]:
+    """Each run after the first against the first (harness.report.trust.Judge.compare), each side
+    the run's repeat group when it has one."""
+    from harness.report.trust import Judge, group_runs
+
+    judge = Judge(reader)
+    first = group_runs(reader, records[0])
+    return [judge.compare(first, group_runs(reader, record)) for record in records[1:]]
+
+
+def trust_lines(found: dict, name_a: str, name_b: str) -> list[str]:
+    """The paired statistics of one comparison as a table (or the note saying why there is none)."""
+    from tabulate import tabulate
+
+    from harness.report import stats
+    from harness.report.trust import interval, p_text, signed, value_text
+
+    title = f"{name_b} vs {name_a} (B - A)"
+    if found["note"]:
+        return [f"{title}: {found['note']}"]
+    rows, methods, images = [], set(), 0
+    for head, by_metric in found["heads"].items():
+        for metric, d in by_metric.items():
+            methods.add(d["method"])
+            images = d["images"]
+            rows.append([f"{head} {metric}", value_text(d, "a"), value_text(d, "b"), signed(d["difference"]),
+                         interval(d), p_text(d["p"]), d["verdict"]])
+    lines = [f"{title}, paired on the same {images} validation images:"]
+    lines += tabulate(rows, headers=["head", "A", "B", "difference", "95% CI", "McNemar p", "verdict"],
+                      tablefmt="simple", disable_numparse=True).splitlines()
+    lines.append(f"95% CI: bootstrap over images ({', '.join(sorted(methods))}, {stats.N_RESAMPLES} resamples, "
+                 f"fixed seed); verdict {stats.BETTER}/{stats.WORSE} when the CI excludes 0, else {stats.NOISE}; "
+                 f"McNemar exact p on accuracy (single runs)")
+    return lines
 
 
 def _seconds(record: RunRecord) -> str:

@@ -15,7 +15,7 @@ from harness.core.records import (TAG_SPLIT,
                                   RunRecord)
 from harness.report.cells import BEST_MARK, ELLIPSIS, RATE_MARK, SYNTHETIC_MARK, cell, compact_params
 from harness.report.rows import CURRENT, NOT_RUN, STALE, Row, balanced, data_label, is_synthetic, lifts, score
-from harness.report.tables import ACC_HEADING, BACC_HEADING, MAIN_HEADING, RIGHT, Tables
+from harness.report.tables import ACC_HEADING, BACC_HEADING, MAIN_HEADING, RIGHT, TRUST_HEADING, Tables
 
 
 RESULTS_START = "<!-- results:start -->"
@@ -114,9 +114,24 @@ def render(book: ledger_mod.Ledger, tables: Tables, rows: list[Row], refs: dict,
         "again with `make run ITER=name`. Reported: the notes' number (best over the passes they report).", "",
         f"## {ACC_HEADING}", "", markdown(layout.head_columns(), tables.accs), "",
         f"## {BACC_HEADING}", "", markdown(layout.head_columns(), tables.baccs), "",
-        "Balanced accuracy (mean recall over a head's classes) exists for runs with a selected checkpoint only.",
+        "Balanced accuracy (mean recall over a head's classes) exists for runs with a selected checkpoint only.", "",
+        f"## {TRUST_HEADING}", "", markdown(layout.trust_columns(), tables.trust), "",
+        *trust_notes(),
     ]) + "\n"
     return results, readme_table(tables) + "\n\n" + "\n".join(note_lines)
+
+
+def trust_notes() -> list[str]:
+    """What the trust table's cells mean (harness.report.stats)."""
+    from harness.report import stats
+
+    return [f"- Each head: accuracy of the row minus its parent's on the same validation images, its 95% interval "
+            f"(paired bootstrap over images, BCa, {stats.N_RESAMPLES} resamples, fixed seed; two-level over images "
+            f"and seeds for repeats), McNemar's exact p (single runs), and `{stats.BETTER}` / `{stats.WORSE}` when "
+            f"the interval excludes 0, else `{stats.NOISE}`. Empty: a run without per-example predictions (older "
+            f"runs) or no parent; reference rows: their own accuracy and its 95% interval.",
+            "- Notes vs measured: the ledger's remark (the notes' judgement) beside the measured verdict on "
+            "the primary head. `vs parent` in the main table is the same verdict on the primary head."]
 
 
 # --------------------------------------------------------------------------- for tools

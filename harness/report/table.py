@@ -21,8 +21,14 @@ full main table (run id, start, profile, data, reported numbers) and one table p
 column per head. Committed rows whose runs this store does not know are kept (harness.report.committed).
 
 Runs are read by harness.track.fast_store.open_reader: straight from a SQLite store of a known schema,
-else through harness.track.reader.MlflowReader (MLflow's client). No TensorFlow, no pandas. The output
-holds no timestamps but the runs' own start times, so running it twice yields identical bytes.
+else through harness.track.reader.MlflowReader (MLflow's client). No TensorFlow; pandas only through
+statsmodels' McNemar test, when rows have predictions. The output holds no timestamps but the runs'
+own start times, so running it twice yields identical bytes (the bootstrap's generator is seeded).
+
+Trust statistics (harness.report.trust, harness.report.stats): each row's gender difference to its
+parent iteration's run and its verdict (`vs parent`), a repeat group's mean ± sd (n=N) as the value,
+and a last table with every head's paired interval, McNemar p and the notes' remark beside the
+measured verdict; reference rows get their accuracy's 95% interval.
 """
 
 from __future__ import annotations
@@ -108,7 +114,9 @@ def run_table(book: ledger_mod.Ledger, ledger_label: str, *, out: Optional[str] 
             log(text.rstrip("\n"))
         return 0
     out_path = Path(out) if out else default_out(ledger_label, book.experiment)
-    tables = build(book, rows, refs)
+    from harness.report.trust import table_trust
+
+    tables = build(book, rows, refs, table_trust(reader, rows, refs, book.resolve(book.names[0]).data.name))
     if not rebuild:
         tables = merge_committed(tables, committed.read_tables(out_path), rows, reader.known)
     text, block = render(book, tables, rows, refs, ledger_label)

@@ -92,6 +92,20 @@ def _overlap_warning(store, run: RunRecord, table, rows) -> Optional[str]:
 
 
 def _evaluate_checkpoint(store, run: RunRecord, iteration, table, rows, scratch: Path) -> dict:
+    from harness.core.labels import heads_for
+
+    dataset_name = iteration.data.name
+    heads = heads_for(dataset_name)
+    logs, predictions = checkpoint_outputs(store, run, iteration, table, rows, scratch)
+    scores = metrics.selected_summary({head: table.labels[head][rows] for head in heads}, predictions, dataset_name, None)
+    balanced = {metrics.head_metric(dataset_name, head, metrics.BALANCED_ACC):
+                scores[metrics.selected_name(dataset_name, head, metrics.BALANCED_ACC)] for head in heads}
+    return dict(sorted({**metrics.from_keras_logs(logs, dataset_name), **balanced}.items()))
+
+
+def checkpoint_outputs(store, run: RunRecord, iteration, table, rows, scratch: Path) -> tuple[dict, dict]:
+    """(Keras's evaluate logs, head -> argmax class per row) of the run's selected checkpoint on
+    `rows` of `table`: what `harness eval` scores, and what the run's predictions artifact must equal."""
     import tempfile
 
     from harness.core.labels import heads_for
@@ -100,8 +114,7 @@ def _evaluate_checkpoint(store, run: RunRecord, iteration, table, rows, scratch:
     from harness.train import labels_for_model
     from harness.train.loop import predicted_classes
 
-    dataset_name = iteration.data.name
-    heads = heads_for(dataset_name)
+    heads = heads_for(iteration.data.name)
     with tempfile.TemporaryDirectory(prefix="eval-", dir=scratch) as tmp:
         checkpoint = store.download(run.run_id, "checkpoint", Path(tmp))
         files = sorted(Path(checkpoint).glob("*.keras"))
@@ -110,8 +123,4 @@ def _evaluate_checkpoint(store, run: RunRecord, iteration, table, rows, scratch:
         model = load_model(files[0])
         dataset = labels_for_model(eval_dataset(table, rows, iteration), heads)
         logs = model.evaluate(dataset, return_dict=True, verbose=0)
-        predictions = predicted_classes(model, dataset.map(lambda x, y: x), heads)
-    scores = metrics.selected_summary({head: table.labels[head][rows] for head in heads}, predictions, dataset_name, None)
-    balanced = {metrics.head_metric(dataset_name, head, metrics.BALANCED_ACC):
-                scores[metrics.selected_name(dataset_name, head, metrics.BALANCED_ACC)] for head in heads}
-    return dict(sorted({**metrics.from_keras_logs(logs, dataset_name), **balanced}.items()))
+        return logs, predicted_classes(model, dataset.map(lambda x, y: x), heads)

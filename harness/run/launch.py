@@ -138,6 +138,7 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         raise
     try:
         selected = runner.selected_summary(results)
+        log_predictions(prepared, bundle, store, tracker.run_id, runner.selected_outputs(results))
         log_final_model(prepared, tracker, runner.final_checkpoint(), selected.get(metrics.SELECTED_EPOCH), log)
         summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), selected)
     except Exception as exc:
@@ -150,6 +151,18 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
         f"open the UI with `make ui` (experiment {experiment})")
     log(_verdict(prepared, bundle, summary, store, experiment))
     return 0
+
+
+def log_predictions(prepared: Prepared, bundle, store, run_id: str, outputs: tuple) -> None:
+    """The selected checkpoint's per-example validation predictions as the run's
+    predictions/val.json (harness.core.predictions), from the predict pass the summary already
+    made: what `compare` and `table` pair image by image (harness.report.stats)."""
+    from harness.core import predictions
+
+    rows = prepared.parts.val
+    predicted, probability = outputs
+    store.attach(run_id, predictions.build(rows, predictions.image_names(prepared.table, rows), bundle.heads,
+                                           bundle.val_labels, predicted, probability), predictions.ARTIFACT)
 
 
 def log_final_model(prepared: Prepared, tracker, checkpoint: Path, selected_epoch: Optional[int], log) -> None:

@@ -40,6 +40,7 @@ class ReferenceResult:
     summary: dict  # the selected-checkpoint names (harness.core.metrics), for the references' predictions
     params: dict
     seconds: float
+    predictions: Optional[dict] = None  # the per-example artifact (harness.core.predictions)
 
 
 def pixels(table, rows: np.ndarray, size: int = PROBE_SIZE) -> np.ndarray:
@@ -98,10 +99,22 @@ def fit(reference: str, table, parts, dataset: str, features: Optional[tuple] = 
     with threadpool_limits(limits=1):
         model = estimator(reference, len(parts.train)).fit(train_x, train_y)
         predicted = model.predict(val_x)
+        probability = model.predict_proba(val_x)  # one (n, classes seen) array per head
     predictions = {head: predicted[:, i] for i, head in enumerate(heads)}
     labels = {head: table.labels[head][parts.val] for head in heads}
     summary = metrics.selected_summary(labels, predictions, dataset, None)
-    return ReferenceResult(reference, summary, probe_params(reference), time.perf_counter() - started)
+    table_json = predictions_table(table, parts.val, labels, predictions,
+                                   {head: probability[i].max(axis=1) for i, head in enumerate(heads)})
+    return ReferenceResult(reference, summary, probe_params(reference), time.perf_counter() - started, table_json)
+
+
+def predictions_table(table, rows, labels: dict, predicted: dict, probability: dict) -> dict:
+    """A reference's per-example predictions in the iterations' artifact layout, so `compare`
+    pairs an iteration with a reference image by image."""
+    from harness.core import predictions
+
+    return predictions.build(rows, predictions.image_names(table, rows), dict(table.heads), labels, predicted,
+                             probability)
 
 
 def majority_accuracy(train_labels: dict, val_labels: dict) -> dict:
@@ -157,7 +170,8 @@ def run_references(book, *, data_dir: Optional[str] = None, profile: Optional[st
             params = {**result.params, "val_fraction": iteration.data.val_fraction,
                       "split_seed": iteration.data.split_seed, "train_images": len(parts.train),
                       "val_images": len(parts.val)}
-            run_id = log_reference(store, book.experiment, reference, dataset, tags, result.summary, params)
+            run_id = log_reference(store, book.experiment, reference, dataset, tags, result.summary, params,
+                                   result.predictions)
             run_ids.append(run_id)
             log(f"reference/{reference} ({key}): {describe(result.summary, dataset)}; "
                 f"{result.seconds:.1f} s; run {run_id[:8]}")

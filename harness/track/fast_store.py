@@ -16,6 +16,7 @@ Both readers answer the same questions with harness.core.records.RunRecord:
     references()                                 finished reference runs, newest first
     known(run_ids)                               which of these run ids the store holds
     run(run_id_or_prefix)                        one run with its params (None if unknown)
+    predictions(run_id)                          its per-example predictions (None if not logged)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Iterable, Optional
 
 from harness.core.records import (FINISHED, KIND_ITERATION, KIND_REFERENCE, KIND_VARIANT, TAG_CONFIG_SHA, TAG_ITERATION,
                                   TAG_KIND, RunRecord)
-from harness.track.uris import SQLITE_PREFIX, chosen_uri, sqlite_path
+from harness.track.uris import SQLITE_PREFIX, chosen_uri, local_artifact_root, sqlite_path
 
 # Alembic head revision of the tracking schema MLflow 3.17.2 creates and reads.
 SUPPORTED_REVISIONS = frozenset({"dc11669786a5"})
@@ -158,6 +159,29 @@ class SqliteReader:
                               with_params=True)
         exact = [r for r in found if r.run_id == run_id]
         return exact[0] if exact else found[0] if len(found) == 1 else None
+
+    def predictions(self, run_id: str):
+        """The run's predictions/val.json (harness.core.predictions.Predictions), read straight from
+        a local artifact folder; artifacts kept elsewhere (a server's) through the MLflow client.
+        None when the run logged none (runs from before it was logged)."""
+        from harness.core import predictions
+        from harness.core.guards import check_inside
+
+        if self._db is None or not run_id:
+            return None
+        found = self._db.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+        if not found or not found[0]:
+            return None
+        root = local_artifact_root(found[0])
+        if root is None:
+            from harness.track.reader import MlflowReader
+
+            return MlflowReader(self.uri, self.experiment).predictions(run_id)
+        file = root / predictions.ARTIFACT
+        if not file.is_file():
+            return None
+        check_inside(file, root, f"run {run_id} artifact '{predictions.ARTIFACT}'")
+        return predictions.loads(file.read_text())
 
 
 def open_reader(uri: Optional[str], experiment: str):

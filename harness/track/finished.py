@@ -42,10 +42,11 @@ def log_lr_find(store: Store, experiment: str, iteration: Iteration, tags: dict,
 
 
 def log_reference(store: Store, experiment: str, reference: str, dataset: str, tags: dict, summary: dict,
-                  params: dict) -> str:
+                  params: dict, predictions: Optional[dict] = None) -> str:
     """A `reference/<name>` run (harness.reference): its settings as params, its scores under the
     selected-checkpoint names, and each head's val accuracy at step 0 so the UI's comparison of
-    `val_gender_acc` shows it beside the iterations."""
+    `val_gender_acc` shows it beside the iterations; `predictions`, its per-example table
+    (harness.core.predictions), so compare pairs it with an iteration image by image."""
     client = MlflowClient(tracking_uri=store.uri)
     run_id = client.create_run(store.experiment_id(experiment), run_name=f"reference/{reference}",
                                tags={TAG_KIND: KIND_REFERENCE, TAG_REFERENCE: reference, **git_tags(), **tags}
@@ -56,6 +57,10 @@ def log_reference(store: Store, experiment: str, reference: str, dataset: str, t
                             for head in metrics.heads_of(dataset)}}
     points = [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None]
     client.log_batch(run_id, metrics=points)
+    if predictions is not None:
+        from harness.core.predictions import ARTIFACT
+
+        client.log_dict(run_id, predictions, ARTIFACT)
     client.set_terminated(run_id, FINISHED)
     return run_id
 

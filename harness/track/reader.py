@@ -71,3 +71,15 @@ class MlflowReader:
             pass
         matches = [r for r in self.runs() + self.references() if r.run_id.startswith(run_id)]
         return self._store.run(matches[0].run_id) if len(matches) == 1 else None
+
+    def predictions(self, run_id: str):
+        """The run's per-example predictions (harness.core.predictions), None when it logged none."""
+        from harness.core import predictions
+
+        if self._store is None or not run_id:
+            return None
+        try:
+            text = self._store.artifact_text(run_id, predictions.ARTIFACT)
+        except (MlflowException, OSError):
+            return None
+        return None if text is None else predictions.loads(text)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Optional
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
@@ -45,7 +43,7 @@ from harness.core.records import (EXPERIMENT_KIND_TRAINING, FINISHED, KIND_ITERA
 from harness.track.failures import quiet_store_errors
 from harness.track.layout import parent_query, quoted, run_record, search
 from harness.track.tracker import RunTracker, SystemMetrics
-from harness.track.uris import sqlite_path, artifact_root, resolve_uri
+from harness.track.uris import artifact_root, local_artifact_root, resolve_uri, sqlite_path
 
 
 def open_client(uri: str) -> MlflowClient:
@@ -81,15 +79,6 @@ def create_experiment(client: MlflowClient, uri: str, name: str) -> str:
         if found is None:
             raise
         return found.experiment_id
-
-
-def _local_artifact_root(artifact_uri: str) -> Optional[Path]:
-    """The folder of a run's artifacts when the store keeps them on this machine (file: or a
-    bare path), else None (a server serves them, and the copy is checked after download)."""
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme not in ("", "file"):
-        return None
-    return Path(url2pathname(parsed.path)).resolve()
 
 
 class Store:
@@ -179,7 +168,7 @@ class Store:
         run's artifacts (harness.core.guards: the path, a local store's links before the copy follows
         them, and the copy)."""
         guards.check_artifact_path(path, run_id)
-        root = _local_artifact_root(self._client.get_run(run_id).info.artifact_uri)
+        root = local_artifact_root(self._client.get_run(run_id).info.artifact_uri)
         if root is not None and (root / path).exists():
             guards.check_inside(root / path, root, f"run {run_id} artifact '{path}'")
         local = Path(self._client.download_artifacts(run_id, path, str(dest)))
@@ -196,6 +185,13 @@ class Store:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             return self.download(run_id, path, Path(tmp)).read_text()
+
+    def artifact_json(self, run_id: str, path: str) -> Optional[dict]:
+        """A JSON artifact of a run (the predictions table), None when the run has none."""
+        import json
+
+        text = self.artifact_text(run_id, path)
+        return None if text is None else json.loads(text)
 
     def attach(self, run_id: str, data: dict, artifact_file: str) -> None:
         """A JSON artifact added to a run (an evaluation on another folder, say)."""

@@ -81,3 +81,15 @@ def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str
     uri = resolve_uri(uri)
     artifacts = artifact_root(uri).as_uri()
     return mlflow_server_command(host, port, workers, artifacts, store=uri, default_artifact_root=artifacts)
+
+
+def local_artifact_root(artifact_uri: str) -> Optional[Path]:
+    """The folder of a run's artifacts when the store keeps them on this machine (file: or a
+    bare path), else None (a server serves them, and the copy is checked after download)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(url2pathname(parsed.path)).resolve()

@@ -49,6 +49,7 @@ class PassResult:
     stopped_early: bool
     predictions: dict  # head -> predicted class index per validation example
     labels: dict  # head -> true class index per validation example
+    probabilities: dict = field(default_factory=dict)  # head -> the predicted class's softmax probability
 
 
 class Reporter(Protocol):
@@ -101,24 +102,38 @@ def new_model(iteration: Iteration, index: int, training_mean=None):
     return model, apply_freeze(model, policy_for(iteration, index))
 
 
-def predicted_classes(model, inputs, heads) -> dict:
-    """head -> the class `model` predicts for every example of the dataset `inputs`, in order."""
+def predicted_outputs(model, inputs, heads) -> tuple[dict, dict]:
+    """(head -> the class `model` predicts for every example of the dataset `inputs`, in order;
+    head -> that class's softmax probability). One predict pass gives both, so the run's
+    per-example predictions artifact (harness.core.predictions) costs no extra pass."""
     raw = model.predict(inputs, verbose=0)
     if not isinstance(raw, dict):  # a list in output order, or one array for one head
         raw = dict(zip(model.output_names, raw if isinstance(raw, (list, tuple)) else [raw]))
-    return {head: np.argmax(raw[output_name(head)], axis=-1) for head in heads}
+    outputs = {head: np.asarray(raw[output_name(head)]) for head in heads}
+    return ({head: np.argmax(out, axis=-1) for head, out in outputs.items()},
+            {head: np.max(out, axis=-1).astype(np.float64) for head, out in outputs.items()})
+
+
+def predicted_classes(model, inputs, heads) -> dict:
+    """head -> the class `model` predicts for every example of the dataset `inputs`, in order."""
+    return predicted_outputs(model, inputs, heads)[0]
+
+
+def predict_outputs(model, data) -> tuple[dict, dict]:
+    """predicted_outputs on every validation example of `data`, in its order."""
+    return predicted_outputs(model, val_stream(data), data.heads)
 
 
 def predict_classes(model, data) -> dict:
     """head -> the predicted class of every validation example of `data`, in its order."""
-    return predicted_classes(model, val_stream(data), data.heads)
+    return predict_outputs(model, data)[0]
 
 
-def evaluate(model, data, dataset: str) -> tuple[dict, dict]:
+def evaluate(model, data, dataset: str) -> tuple[dict, dict, dict]:
     """(the evaluate dict in contract names, sorted; head -> predicted class per validation
-    example) of `model` on `data`'s validation set."""
+    example; head -> its probability) of `model` on `data`'s validation set."""
     evaluated = metrics.from_keras_logs(model.evaluate(val_stream(data), return_dict=True, verbose=0), dataset)
-    return dict(sorted(evaluated.items())), predict_classes(model, data)
+    return (dict(sorted(evaluated.items())), *predict_outputs(model, data))
 
 
 def budget_line(index: int, pass_: PassConfig, state: RunState) -> str:
@@ -168,16 +183,25 @@ def _pass_callback(runner: "Runner", index: int, pass_: PassConfig):
     return PassCallback()
 
 
-def selected_scores(iteration: Iteration, folder: RunFolder, state: RunState, bundle, results: list) -> dict:
-    """The selected checkpoint's per-head scores on the validation set (harness.core.metrics
-    selected_summary), from the last pass's own evaluation when this process ran it, else
-    (the pass finished before a kill) by predicting with the checkpoint file."""
+def selected_outputs(iteration: Iteration, folder: RunFolder, bundle, results: list) -> tuple[dict, dict]:
+    """The selected checkpoint's (predicted classes, their probabilities) on the validation set:
+    the last pass's own evaluation when this process ran it, else (the pass finished before a
+    kill) by predicting with the checkpoint file."""
     from harness.models import load_model
 
     last = len(iteration.passes) - 1
     result = next((r for r in results if r.index == last), None)
-    predictions = result.predictions if result is not None else predict_classes(
-        load_model(folder.checkpoint(last), compile=False), bundle)
+    if result is not None and result.probabilities:
+        return result.predictions, result.probabilities
+    return predict_outputs(load_model(folder.checkpoint(last), compile=False), bundle)
+
+
+def selected_scores(iteration: Iteration, folder: RunFolder, state: RunState, bundle, results: list,
+                    outputs: Optional[tuple] = None) -> dict:
+    """The selected checkpoint's per-head scores on the validation set (harness.core.metrics
+    selected_summary), from `outputs` (selected_outputs) when the caller has them."""
+    last = len(iteration.passes) - 1
+    predictions = (outputs or selected_outputs(iteration, folder, bundle, results))[0]
     best = state.best.get(str(last))
     epoch = best["step"] if best else state.step
     return metrics.selected_summary(bundle.val_labels, predictions, iteration.data.name, epoch)
@@ -224,6 +248,7 @@ class Runner:
     state: RunState = field(init=False)
     diverged: Optional[str] = field(default=None, init=False)
     stopped_early: bool = field(default=False, init=False)
+    _outputs: Optional[tuple] = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.folder = RunFolder(self.workdir)
@@ -237,9 +262,17 @@ class Runner:
         """The selected checkpoint: the last pass's best by its monitor, else where it ended."""
         return self.folder.checkpoint(len(self.iteration.passes) - 1)
 
+    def selected_outputs(self, results: list[PassResult]) -> tuple[dict, dict]:
+        """The selected checkpoint's (predicted classes, probabilities) on the validation set,
+        computed once (see selected_outputs): the summary and the predictions artifact share them."""
+        if self._outputs is None:
+            self._outputs = selected_outputs(self.iteration, self.folder, self.bundle, results)
+        return self._outputs
+
     def selected_summary(self, results: list[PassResult]) -> dict:
         """The selected checkpoint's per-head scores on the validation set (see selected_scores)."""
-        return selected_scores(self.iteration, self.folder, self.state, self.bundle, results)
+        return selected_scores(self.iteration, self.folder, self.state, self.bundle, results,
+                               self.selected_outputs(results))
 
     def epoch_done(self, index: int, pass_: PassConfig, model, values: dict) -> None:
         """`model` is the one being fit (it gets stop_training); checkpoints are always of the
@@ -310,11 +343,12 @@ class Runner:
             self.log(early_stop_line(index, pass_, self.state) if self.state.stopped(pass_)
                      else budget_line(index, pass_, self.state))
         keep_pass_models(self.folder, index, pass_, model)
-        evaluated, predictions = evaluate(fit_model, data, self.dataset)
+        evaluated, predictions, probabilities = evaluate(fit_model, data, self.dataset)
         best = self.state.best.get(str(index))
         result = PassResult(index=index, eval=evaluated, best_checkpoint=self.folder.checkpoint(index),
                             best_epoch=best["step"] if best else None, stopped_early=self.stopped_early,
-                            predictions=predictions, labels=dict(self.bundle.val_labels))
+                            predictions=predictions, labels=dict(self.bundle.val_labels),
+                            probabilities=probabilities)
         # Reported first, recorded second: a kill in between repeats the pass's end (scored
         # again, logged again over the same names) instead of leaving it never logged.
         self.reporter.pass_finished(index, result)
