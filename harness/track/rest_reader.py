@@ -1,0 +1,232 @@
+"""Reading a team server's runs through MLflow's REST API directly, for the commands that only read
+(`table`, `runs`, `compare`), so they answer in well under 1.5 s instead of paying 2-8 s to import
+MLflow first (the server path used to: 5.25 s for 500 runs, BENCHMARKS.md row (e)).
+
+The questions and answers are fast_store.SqliteReader's and reader.MlflowReader's (RunRecords);
+the answers must be MlflowReader's, run for run and in the same order (tests/test_rest_reader.py
+compares them against a real PostgreSQL-backed server). So this module asks the server what
+MlflowReader's client asks it, over the same endpoints, and orders as MLflow's store does (newest
+start first, then run id):
+
+    GET  /api/2.0/mlflow/experiments/get-by-name   the experiment's id (404: no such experiment)
+    POST /api/2.0/mlflow/runs/search               one call per page of PAGE runs, page_token on
+    GET  /api/2.0/mlflow/runs/get                  one run by id (`run`, `known` of other runs)
+
+The experiment's iteration, variant and reference runs are loaded once, on first use (three
+searches; 500 runs are one page each).
+
+Anything this module does not expect (a proxy's HTML, an error status other than "no such
+experiment", a field missing, settings it does not handle such as MLflow's auth plugins, client
+certificates or workspaces) hands the whole reader over to MlflowReader, the MLflow client, which
+answers the same questions its own way (`Fallback`). A server that does not answer at all is
+refused before, with harness.track.remote's one line. Pure Python (urllib, json): no MLflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Iterable, Optional
+
+from harness.core.records import FINISHED, KIND_ITERATION, KIND_REFERENCE, KIND_VARIANT, TAG_CONFIG_SHA, TAG_ITERATION, \
+    TAG_KIND, RunRecord
+
+API = "/api/2.0/mlflow"
+PAGE = 5000  # runs per search call (the server allows up to 50,000; MlflowReader asks for 5,000)
+TIMEOUT = 30.0  # seconds per request, as harness.track.remote bounds MLflow's own
+# Settings whose meaning lives inside MLflow's client (an auth plugin, a client certificate, a
+# workspace header): with any of them set, the MLflow client reads instead.
+MLFLOW_ONLY_SETTINGS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLFLOW_WORKSPACE")
+_ACTIVE_RUNS = "ACTIVE_ONLY"
+_NEWEST_FIRST = ["attributes.start_time DESC"]
+
+
+class Fallback(Exception):
+    """The server answered in a way this reader does not handle: use MLflow's client instead."""
+
+
+def supported() -> bool:
+    """Whether this reader can speak for the client here (none of MLFLOW_ONLY_SETTINGS set)."""
+    return not any(os.environ.get(name) for name in MLFLOW_ONLY_SETTINGS)
+
+
+class RestClient:
+    """JSON over HTTP to one server, with MLflow's own credential settings (basic auth from
+    MLFLOW_TRACKING_USERNAME/PASSWORD, a bearer MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_INSECURE_TLS,
+    MLFLOW_TRACKING_SERVER_CERT_PATH). Errors other than "does not exist" raise Fallback."""
+
+    def __init__(self, uri: str):
+        self.base = uri.rstrip("/") + API
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        if user and password:
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {basic}"
+        elif token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.context = None
+        if uri.startswith("https://"):
+            if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
+                self.context = ssl._create_unverified_context()
+            else:
+                self.context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+
+    def call(self, method: str, endpoint: str, body: Optional[dict] = None) -> Optional[dict]:
+        """The decoded answer; None for MLflow's RESOURCE_DOES_NOT_EXIST."""
+        url, data = self.base + endpoint, None
+        if method == "GET" and body:
+            url += "?" + urllib.parse.urlencode(body)
+        elif body is not None:
+            data = json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT, context=self.context) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode(errors="replace")
+            if "RESOURCE_DOES_NOT_EXIST" in text:
+                return None
+            raise Fallback(f"{method} {endpoint}: HTTP {exc.code} {text[:200]}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            raise Fallback(f"{method} {endpoint}: {exc}") from None
+
+
+def run_record(run: dict) -> RunRecord:
+    """An MLflow Run in REST JSON as the RunRecord harness.track.layout.run_record makes of the
+    client's Run: int64 fields may come as strings, NaN and infinities as "NaN", "Infinity"."""
+    info, data = run["info"], run.get("data", {})
+    metrics, steps = {}, {}
+    for metric in data.get("metrics", []):
+        metrics[metric["key"]] = float(metric.get("value", 0.0))
+        steps[metric["key"]] = int(metric.get("step", 0))
+    end = int(info.get("end_time", 0) or 0)
+    return RunRecord(run_id=info["run_id"], name=info.get("run_name", ""), status=info.get("status", "RUNNING"),
+                     start_time=int(info.get("start_time", 0) or 0), end_time=end or None,
+                     tags={t["key"]: t.get("value", "") for t in data.get("tags", [])},
+                     metrics=metrics, params={p["key"]: p.get("value", "") for p in data.get("params", [])},
+                     steps=steps)
+
+
+class RestReader:
+    """MlflowReader's answers for one experiment on a server, read over REST without MLflow."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri, self.experiment = uri, experiment
+        self._rest = RestClient(uri)
+        found = self._rest.call("GET", "/experiments/get-by-name", {"experiment_name": experiment})
+        self._experiment_id = found["experiment"]["experiment_id"] if found else None
+        self._kinds: dict[str, list[RunRecord]] = {}
+
+    def _search(self, kind: str) -> list[RunRecord]:
+        """Active runs of the experiment tagged `kind`, newest first (loaded once per kind)."""
+        if self._experiment_id is None:
+            return []
+        if kind not in self._kinds:
+            body = {"experiment_ids": [self._experiment_id], "filter": f"tags.`{TAG_KIND}` = '{kind}'",
+                    "run_view_type": _ACTIVE_RUNS, "max_results": PAGE, "order_by": _NEWEST_FIRST}
+            records = []
+            while True:
+                page = self._rest.call("POST", "/runs/search", body) or {}
+                records += [run_record(run) for run in page.get("runs", [])]
+                if not page.get("next_page_token"):
+                    break
+                body["page_token"] = page["next_page_token"]
+            self._kinds[kind] = records
+        return self._kinds[kind]
+
+    def runs(self, iteration: Optional[str] = None, variants: bool = False) -> list[RunRecord]:
+        """Parent runs, newest first (with `variants`, the `--set` runs too, merged by start time)."""
+        def of(kind):
+            return [r for r in self._search(kind) if iteration is None or r.tags.get(TAG_ITERATION) == iteration]
+
+        found = of(KIND_ITERATION)
+        if variants:
+            found = sorted(found + of(KIND_VARIANT), key=lambda r: r.start_time or 0, reverse=True)
+        return found
+
+    def latest_finished(self, iteration: str, config_sha: Optional[str] = None) -> Optional[RunRecord]:
+        for record in self.runs(iteration):
+            if record.status == FINISHED and (config_sha is None or record.tags.get(TAG_CONFIG_SHA) == config_sha):
+                return record
+        return None
+
+    def references(self) -> list[RunRecord]:
+        return [r for r in self._search(KIND_REFERENCE) if r.status == FINISHED]
+
+    def _get(self, run_id: str) -> Optional[RunRecord]:
+        """The active run with this exact id, in any experiment (None if unknown or deleted)."""
+        found = self._rest.call("GET", "/runs/get", {"run_id": run_id})
+        if not found or found["run"]["info"].get("lifecycle_stage", "active") != "active":
+            return None
+        return run_record(found["run"])
+
+    def known(self, run_ids: Iterable[str]) -> set[str]:
+        """The ids among `run_ids` of runs the server holds (deleted ones not); the experiment's
+        loaded runs answer without a request."""
+        loaded = {r.run_id for kind in (KIND_ITERATION, KIND_REFERENCE) for r in self._search(kind)}
+        return {i for i in dict.fromkeys(i for i in run_ids if i) if i in loaded or self._get(i) is not None}
+
+    def run(self, run_id: str) -> Optional[RunRecord]:
+        """The run with this id, or the only parent or finished reference run of the experiment
+        whose id starts with it."""
+        if not run_id:
+            return None
+        exact = self._get(run_id)
+        if exact is not None:
+            return exact
+        matches = [r for r in self.runs() + self.references() if r.run_id.startswith(run_id)]
+        return self._get(matches[0].run_id) if len(matches) == 1 else None
+
+
+class ServerReader:
+    """RestReader, handing over to MlflowReader (MLflow's client) for good the first time the
+    server answers in a way RestReader does not expect: the same questions, the same answers."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri, self.experiment = uri, experiment
+        self._reader = None
+        if supported():
+            try:
+                self._reader = RestReader(uri, experiment)
+            except Fallback:
+                pass
+        if self._reader is None:
+            self._use_client()
+
+    def _use_client(self):
+        from harness.track.reader import MlflowReader
+
+        self._reader = MlflowReader(self.uri, self.experiment)
+        return self._reader
+
+    def _ask(self, name: str, *args, **kwargs):
+        try:
+            return getattr(self._reader, name)(*args, **kwargs)
+        except Fallback:
+            return getattr(self._use_client(), name)(*args, **kwargs)
+
+    def runs(self, iteration: Optional[str] = None, variants: bool = False) -> list[RunRecord]:
+        return self._ask("runs", iteration, variants=variants)
+
+    def latest_finished(self, iteration: str, config_sha: Optional[str] = None) -> Optional[RunRecord]:
+        return self._ask("latest_finished", iteration, config_sha)
+
+    def references(self) -> list[RunRecord]:
+        return self._ask("references")
+
+    def known(self, run_ids: Iterable[str]) -> set[str]:
+        return self._ask("known", list(run_ids))
+
+    def run(self, run_id: str) -> Optional[RunRecord]:
+        return self._ask("run", run_id)
+
+    @property
+    def via_rest(self) -> bool:
+        return isinstance(self._reader, RestReader)
