@@ -57,6 +57,7 @@ def server_store(team_server, tmp_path_factory):
     gone = record_finished_run(store, exp, base, {}, history(1, 0.4), {}, start_time=T0 + 500_000)
     client.delete_run(gone)
     built["runs"]["deleted"] = gone
+    built["runs"]["elsewhere"] = client.create_run(client.create_experiment("rest-reader-other")).info.run_id
     return built
 
 
@@ -76,11 +77,13 @@ def test_the_rest_reader_answers_as_mlflows_client(server_store, monkeypatch):
         for sha in (None, "0" * 12):
             ours, theirs = reader.latest_finished(iteration, sha), client.latest_finished(iteration, sha)
             assert (ours and ours.run_id) == (theirs and theirs.run_id)
-    for key in (ids["base"], ids["base"][:8], ids["running"], ids["variant"], ids["deleted"], "0" * 32, "f", ""):
+    for key in (ids["base"], ids["base"][:8], ids["running"], ids["variant"], ids["deleted"], ids["elsewhere"],
+                "0" * 32, "f", ""):
         ours, theirs = reader.run(key), client.run(key)
         same_records([ours] if ours else [], [theirs] if theirs else [])
-    asked = [ids["base"], ids["majority-c"], ids["deleted"], ids["variant"], "0" * 32]
-    assert reader.known(asked) == client.known(asked) == {ids["base"], ids["majority-c"], ids["variant"]}
+    asked = [ids["base"], ids["majority-c"], ids["deleted"], ids["variant"], ids["elsewhere"], "0" * 32]
+    assert reader.known(asked) == client.known(asked) == {ids["base"], ids["majority-c"], ids["variant"],
+                                                          ids["elsewhere"]}
     assert reader.via_rest
 
 

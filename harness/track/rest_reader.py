@@ -12,8 +12,10 @@ start first, then run id):
     POST /api/2.0/mlflow/runs/search               one call per page of PAGE runs, page_token on
     GET  /api/2.0/mlflow/runs/get                  one run by id (`run`, `known` of other runs)
 
-The experiment's iteration, variant and reference runs are loaded once, on first use (three
-searches; 500 runs are one page each).
+Each question is the search MlflowReader's client sends (the filters are harness.core.records'),
+answered once per reader: `table` asks for one run per iteration (~40 ms each on the server),
+never for all 500 runs with their params (6.7 MB and ~5 s of the server's time, measured; that
+is what `harness runs` without an iteration needs, a page of PAGE runs per call).
 
 Anything this module does not expect (a proxy's HTML, an error status other than "no such
 experiment", a field missing, settings it does not handle such as MLflow's auth plugins, client
@@ -34,8 +36,7 @@ import urllib.parse
 import urllib.request
 from typing import Iterable, Optional
 
-from harness.core.records import FINISHED, KIND_ITERATION, KIND_REFERENCE, KIND_VARIANT, TAG_CONFIG_SHA, TAG_ITERATION, \
-    TAG_KIND, RunRecord
+from harness.core.records import REFERENCES_QUERY, KIND_VARIANT, RunRecord, finished_query, parent_query
 
 API = "/api/2.0/mlflow"
 PAGE = 5000  # runs per search call (the server allows up to 50,000; MlflowReader asks for 5,000)
@@ -115,50 +116,52 @@ def run_record(run: dict) -> RunRecord:
 
 
 class RestReader:
-    """MlflowReader's answers for one experiment on a server, read over REST without MLflow."""
+    """MlflowReader's answers for one experiment on a server, read over REST without MLflow. Each
+    question sends the search MlflowReader's client sends (the filters of harness.core.records),
+    so the server does the same, small, work: the table's look-ups return one run each (a
+    search over all 500 runs with their params costs the server seconds); answers are kept for
+    the reader's life."""
 
     def __init__(self, uri: str, experiment: str):
         self.uri, self.experiment = uri, experiment
         self._rest = RestClient(uri)
         found = self._rest.call("GET", "/experiments/get-by-name", {"experiment_name": experiment})
         self._experiment_id = found["experiment"]["experiment_id"] if found else None
-        self._kinds: dict[str, list[RunRecord]] = {}
+        self._found: dict[tuple, list[RunRecord]] = {}
 
-    def _search(self, kind: str) -> list[RunRecord]:
-        """Active runs of the experiment tagged `kind`, newest first (loaded once per kind)."""
+    def _search(self, query: str, max_results: Optional[int] = None) -> list[RunRecord]:
+        """Active runs of the experiment matching `query`, newest first: the first `max_results`,
+        or all of them, a page per call."""
         if self._experiment_id is None:
             return []
-        if kind not in self._kinds:
-            body = {"experiment_ids": [self._experiment_id], "filter": f"tags.`{TAG_KIND}` = '{kind}'",
-                    "run_view_type": _ACTIVE_RUNS, "max_results": PAGE, "order_by": _NEWEST_FIRST}
+        key = (query, max_results)
+        if key not in self._found:
+            body = {"experiment_ids": [self._experiment_id], "filter": query, "run_view_type": _ACTIVE_RUNS,
+                    "max_results": max_results or PAGE, "order_by": _NEWEST_FIRST}
             records = []
             while True:
                 page = self._rest.call("POST", "/runs/search", body) or {}
                 records += [run_record(run) for run in page.get("runs", [])]
-                if not page.get("next_page_token"):
+                if max_results or not page.get("next_page_token"):
                     break
                 body["page_token"] = page["next_page_token"]
-            self._kinds[kind] = records
-        return self._kinds[kind]
+            self._found[key] = records
+        return self._found[key]
 
     def runs(self, iteration: Optional[str] = None, variants: bool = False) -> list[RunRecord]:
         """Parent runs, newest first (with `variants`, the `--set` runs too, merged by start time)."""
-        def of(kind):
-            return [r for r in self._search(kind) if iteration is None or r.tags.get(TAG_ITERATION) == iteration]
-
-        found = of(KIND_ITERATION)
+        found = self._search(parent_query(iteration))
         if variants:
-            found = sorted(found + of(KIND_VARIANT), key=lambda r: r.start_time or 0, reverse=True)
+            found = sorted(found + self._search(parent_query(iteration, kind=KIND_VARIANT)),
+                           key=lambda r: r.start_time or 0, reverse=True)
         return found
 
     def latest_finished(self, iteration: str, config_sha: Optional[str] = None) -> Optional[RunRecord]:
-        for record in self.runs(iteration):
-            if record.status == FINISHED and (config_sha is None or record.tags.get(TAG_CONFIG_SHA) == config_sha):
-                return record
-        return None
+        found = self._search(finished_query(iteration, config_sha), max_results=1)
+        return found[0] if found else None
 
     def references(self) -> list[RunRecord]:
-        return [r for r in self._search(KIND_REFERENCE) if r.status == FINISHED]
+        return self._search(REFERENCES_QUERY)
 
     def _get(self, run_id: str) -> Optional[RunRecord]:
         """The active run with this exact id, in any experiment (None if unknown or deleted)."""
@@ -168,10 +171,14 @@ class RestReader:
         return run_record(found["run"])
 
     def known(self, run_ids: Iterable[str]) -> set[str]:
-        """The ids among `run_ids` of runs the server holds (deleted ones not); the experiment's
-        loaded runs answer without a request."""
-        loaded = {r.run_id for kind in (KIND_ITERATION, KIND_REFERENCE) for r in self._search(kind)}
-        return {i for i in dict.fromkeys(i for i in run_ids if i) if i in loaded or self._get(i) is not None}
+        """The ids among `run_ids` of runs the server holds (deleted ones not): one search for
+        those in this experiment, a look-up for each of the rest (another experiment's)."""
+        ids = [i for i in dict.fromkeys(run_ids) if i and "'" not in i]
+        if not ids:
+            return set()
+        listed = ", ".join(f"'{i}'" for i in ids)
+        here = {r.run_id for r in self._search(f"attributes.run_id IN ({listed})")}
+        return here | {i for i in ids if i not in here and self._get(i) is not None}
 
     def run(self, run_id: str) -> Optional[RunRecord]:
         """The run with this id, or the only parent or finished reference run of the experiment
