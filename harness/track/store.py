@@ -44,7 +44,8 @@ from harness.core.records import (EXPERIMENT_KIND_TRAINING, FINISHED, KIND_ITERA
                                   DataLineage, Decision, MetricPoint, RunRecord, finished_query)
 from harness.track.failures import quiet_store_errors
 from harness.track.layout import parent_query, quoted, run_record, search
-from harness.track.tracker import RunTracker, SystemMetrics
+from harness.track.tracker import RunTracker
+from harness.track.system_metrics import SystemMetrics
 from harness.track.uris import sqlite_path, artifact_root, resolve_uri
 
 

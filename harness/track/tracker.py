@@ -31,6 +31,7 @@ from harness.core.records import (FAILED, FINISHED, KILLED, KIND_PASS, KIND_TRIA
 from harness.track.layout import now_ms, params_of, run_tags
 from harness.track.provenance import Provenance
 from harness.track.models import log_model
+from harness.track.system_metrics import SystemMetrics
 
 
 class RunTracker:
@@ -103,8 +104,11 @@ class RunTracker:
         now = now_ms()
         points = [Metric(k, float(v), now, step) for k, v in values.items()]
         for run_id in filter(None, runs):
-            tags = [RunTag(TAG_LEASE, Lease.mine(self._longest_epoch).to_tag())] if run_id == self.run_id else []
-            self._in_flight.add(self._client.log_batch(run_id, metrics=points, tags=tags, synchronous=False))
+            tags, system = [], []
+            if run_id == self.run_id:  # the lease and the system-metrics samples ride with the parent's epoch
+                tags = [RunTag(TAG_LEASE, Lease.mine(self._longest_epoch).to_tag())]
+                system = self.monitor.drain() if self.monitor is not None else []
+            self._in_flight.add(self._client.log_batch(run_id, metrics=points + system, tags=tags, synchronous=False))
             self._logged_steps.setdefault(run_id, set()).add(step)
 
     def flush(self) -> None:
@@ -265,7 +269,7 @@ def _log_curves(client: MlflowClient, run_id: str, history: list[dict], dataset:
     plots.close(figure)
 
 
-# --------------------------------------------------------------------------- data, system metrics
+# --------------------------------------------------------------------------- data
 
 
 def _log_dataset(client: MlflowClient, run_id: str, data: DataLineage) -> None:
@@ -275,29 +279,3 @@ def _log_dataset(client: MlflowClient, run_id: str, data: DataLineage) -> None:
                       source=json.dumps({"uri": data.source}), profile=json.dumps(data.profile()))
     tags = [InputTag("mlflow.data.context", "training"), InputTag(TAG_SYNTHETIC, str(data.synthetic).lower())]
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
-
-
-class SystemMetrics:
-    """MLflow's system-metrics monitor on one run: CPU, memory, disk, network, and GPU use and
-    memory through nvidia-ml-py when a GPU is visible. It samples on a daemon thread (every 10 s,
-    or $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL), so a killed process simply loses the thread,
-    and a resumed run continues its steps. `stop` also logs what was sampled since the last
-    point, so a run shorter than one interval still gets a point."""
-
-    def __init__(self, uri: str, run_id: str, resumed: bool, interval: float = 10.0):
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        self._monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resumed,
-                                             tracking_uri=uri)
-        self._monitor.start()
-
-    def stop(self) -> None:
-        monitor = self._monitor
-        monitor.finish()
-        leftover = monitor.aggregate_metrics()
-        if leftover:
-            try:
-                monitor.publish_metrics(leftover)
-                monitor.mlflow_logger.flush()
-            except MlflowException:
-                pass  # the run is gone or terminated: nothing left to record
