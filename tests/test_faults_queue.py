@@ -30,7 +30,11 @@ def uninterrupted_passes(uninterrupted, tmp_path_factory):
 
 
 def test_killed_with_an_epoch_in_the_queue_resumes_with_every_epoch_once(book, synth, uninterrupted,
-                                                                          uninterrupted_passes, tmp_path):
+                                                                          uninterrupted_passes, tmp_path,
+                                                                          record_property):
+    record_property("expectation", "SIGKILL at queue-not-flushed (epoch 2, then epoch 4 in pass 2), then a rerun: "
+                    "one FINISHED run; on the parent and on each pass run every epoch once, equal to an "
+                    "uninterrupted run")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     for fault in ("queue-not-flushed:2", "queue-not-flushed:2"):  # epoch 2, then epoch 4 (pass 2) of the rerun
         killed = harness_run(book, synth, tmp_path, fault=fault)
