@@ -1,12 +1,18 @@
 """Training speed, each pair measured side by side in one run on the same real data.
 
-    HARNESS_HVC_REAL=../shared/data/hvc .venv/bin/python bench/bench_training.py [--which cache|overhead]
+    HARNESS_HVC_REAL=../shared/data/hvc .venv/bin/python bench/bench_training.py [--which cache|shared|overhead]
 
 cache:    a frozen-VGG16 epoch at 96 px (the `first` iteration's head), through the image path
           (backbone forward on every image, every epoch) against the feature cache (the
           backbone's features computed once, the neck and towers trained on them). Epochs after
           the first, so neither side pays for tracing; the one-off feature computation is
           reported on its own row.
+shared:   the frozen-backbone feature cache shared through the work dir (train/feature_cache.py):
+          `first` computes the backbone features of the table into a features/ folder, then
+          `second` (first with more epochs: the same backbone, seed and images, so the same key)
+          asks for them; its feature time on that hit (key hash of the weights, file checks,
+          memory-mapped read) against first's computation. Fresh cache objects each time, as
+          two runs would have.
 overhead: `harness run` against a bare `model.fit` of the same model on the same datasets: the
           cost of checkpoints, state file and MLflow logging. The harness's epoch period is read
           from the timestamps MLflow stored with each epoch's metrics (end of epoch k+1 minus
@@ -110,6 +116,33 @@ def measure_cache(folder: Path, n: int, size: int, epochs: int = 3) -> dict:
             "ratio": uncached / cached}
 
 
+def measure_shared_cache(folder: Path, n: int, size: int) -> dict:
+    from harness.data.hvc import load_hvc
+    from harness.data.pipeline import make_datasets
+    from harness.data.split import split
+    from harness.models import build_model
+    from harness.train import FeatureCache, FeatureInputs, set_seeds
+
+    table = load_hvc(folder, limit=n)
+    parts = split(table, 0.15, 1)
+    seconds, lines = {}, []
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as features:
+        for name in ("first", "second"):
+            iteration = _iteration(name, data={"image_size": size, "cache": "memory", "limit": n})
+            set_seeds(iteration.seed)  # what a run does before building its model: the same weights
+            images = make_datasets(iteration, table, parts.train, parts.val)
+            inputs = FeatureInputs.of(iteration, table, parts.train, parts.val, folder=Path(features))
+            cache = FeatureCache(images, inputs, log=lines.append)
+            model = build_model(iteration)
+            started = time.perf_counter()
+            cache.datasets_for(model)
+            seconds[name] = time.perf_counter() - started
+    hit = lines[-1].startswith("feature cache: hit")
+    return {"n_rows": int(len(table)), "size": size, "first_compute_s": seconds["first"],
+            "second_hit_s": seconds["second"], "hit": hit, "ratio": seconds["first"] / seconds["second"],
+            "lines": lines}
+
+
 def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8, tracking_uri: Optional[str] = None) -> dict:
     """Bare fit against `harness run` logging to a throwaway SQLite store, or to `tracking_uri`
     (a tracking server: each harness run in an experiment of its own there)."""
@@ -169,7 +202,7 @@ def measure_overhead(folder: Path, n: int, size: int, epochs: int = 8, tracking_
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--which", choices=["cache", "overhead"], required=True)
+    parser.add_argument("--which", choices=["cache", "shared", "overhead"], required=True)
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=None, help="images (default 1200 for cache, 1500 for overhead)")
     parser.add_argument("--json", action="store_true")
@@ -182,6 +215,11 @@ def main(argv=None) -> int:
         text = (f"| frozen VGG16 epoch, 96 px, {result['n_train']} images | uncached {result['uncached_epoch_s']:.2f} s"
                 f" | cached {result['cached_epoch_s']:.3f} s | {result['ratio']:.1f}x |\n"
                 f"(feature computation, once: {result['feature_compute_s']:.1f} s)")
+    elif args.which == "shared":
+        result = measure_shared_cache(folder, args.n or 1200, 96)
+        text = (f"| frozen VGG16 features, 96 px, {result['n_rows']} images | first computes {result['first_compute_s']:.2f} s"
+                f" | second hits {result['second_hit_s']:.3f} s ({'hit' if result['hit'] else 'MISSED'}) | "
+                f"{result['ratio']:.0f}x |\n" + "\n".join(result["lines"]))
     else:
         result = measure_overhead(folder, args.n or 1500, 64)
         text = (f"| epoch, custom CNN 64 px, {result['n_train']} images | bare fit {result['bare_epoch_s']:.2f} s | "

@@ -157,9 +157,10 @@ def team_database(team_server):
 TRAINS = {"test_train", "test_data_learnability", "test_distribute", "test_parallel", "test_real_learning",
           "test_sweep", "test_concurrency", "test_models_registry", "test_reference", "test_feature_cache",
           "test_lrfind", "test_server", "test_pixels", "test_variants", "test_reproduce", "test_faults_resume", "test_faults_signals",
-          "test_faults_state", "test_faults_store", "test_faults_server", "test_trust"}
+          "test_faults_state", "test_faults_store", "test_faults_server", "test_faults_queue", "test_trust"}
 SUBPROCESSES = {"test_cli", "test_concurrency", "test_distribute", "test_everyday", "test_faults_resume",
                 "test_faults_server", "test_faults_signals", "test_faults_state", "test_faults_store",
+                "test_faults_queue", "test_rest_reader",
                 "test_parallel", "test_runs_compare", "test_sweep", "test_train", "test_ui_browser", "test_reproduce",
                 "test_trust"}
 SERVERS = {"test_server", "test_faults_server", "test_server_backup"}  # and every test that uses the team_server fixture

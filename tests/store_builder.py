@@ -14,6 +14,7 @@ the code under test. Built once per test session (`records_store` in conftest.py
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 HEADS = ("gender", "image_quality", "age", "weight", "bag", "footwear", "pose", "emotion")
 
@@ -68,8 +69,9 @@ def history(epochs: int, seed: float) -> list[dict]:
     return out
 
 
-def build(folder: Path) -> dict:
-    """The store in `folder`; returns folder, ledger path, uri, experiment and run ids by role."""
+def build(folder: Path, uri: Optional[str] = None, experiment: str = "everyday") -> dict:
+    """The store in `folder` (or at `uri`, a team server, under `experiment`); returns folder,
+    ledger path, uri, experiment and run ids by role."""
     from harness import ledger
     from harness.core import records
     from harness.track.store import Store
@@ -77,9 +79,9 @@ def build(folder: Path) -> dict:
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "runs.yaml"
-    path.write_text(LEDGER)
+    path.write_text(LEDGER.replace("experiment: everyday", f"experiment: {experiment}"))
     book = ledger.load(path)
-    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    uri = uri or f"sqlite:///{folder}/mlruns/mlflow.db"
     store = Store(uri)
     exp = book.experiment
 

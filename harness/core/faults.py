@@ -9,6 +9,7 @@ Points, in the order a run meets them:
     mid-epoch        after the first training batch of an epoch (a batch hook exists only then)
     during-snapshot  the snapshot's temporary file is written, not yet renamed into place
     after-snapshot   the snapshot and state.json are on disk, the epoch is not yet logged
+    queue-not-flushed  the epoch is handed to MLflow's asynchronous logging, not yet flushed
     between-passes   a pass is saved as done, its end not yet logged, the next not started
     final-upload     inside the run's final artifact upload
 
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 ENV = "HARNESS_FAULT"
-POINTS = ("mid-epoch", "during-snapshot", "after-snapshot", "between-passes", "final-upload")
+POINTS = ("mid-epoch", "during-snapshot", "after-snapshot", "queue-not-flushed", "between-passes", "final-upload")
 DIR_ENV = "HARNESS_FAULT_DIR"  # where `pause` writes `paused` and waits for `go`
 PAUSE_SECONDS = 600.0
 ACTIONS = {"kill": signal.SIGKILL, "sigint": signal.SIGINT, "sigterm": signal.SIGTERM, "sighup": signal.SIGHUP}

@@ -79,6 +79,30 @@ def display_name(iteration: str, synthetic: bool) -> str:
     return iteration + (SYNTHETIC_SUFFIX if synthetic else "")
 
 
+def quoted(value: str) -> str:
+    """A value inside a single-quoted search_runs filter string."""
+    return value.replace("'", "\\'")
+
+
+def parent_query(iteration: Optional[str] = None, status: Optional[str] = None, kind: str = KIND_ITERATION) -> str:
+    """The search_runs filter for parent runs (or, with `kind`, variant runs): of one iteration,
+    in one status, if given. Here, not in harness.track.layout, because both MLflow's client and
+    the REST reader (harness.track.rest_reader, no MLflow) must send the same filter."""
+    query = f"tags.`{TAG_KIND}` = '{kind}'"
+    if iteration:
+        query += f" and tags.`{TAG_ITERATION}` = '{iteration}'"
+    return query + (f" and attributes.status = '{status}'" if status else "")
+
+
+def finished_query(iteration: str, config_sha: Optional[str] = None) -> str:
+    """The filter for an iteration's FINISHED parent runs (with that config sha, if given)."""
+    query = parent_query(iteration, FINISHED)
+    return query + (f" and tags.`{TAG_CONFIG_SHA}` = '{config_sha}'" if config_sha else "")
+
+
+REFERENCES_QUERY = f"tags.`{TAG_KIND}` = '{KIND_REFERENCE}' and attributes.status = '{FINISHED}'"
+
+
 # Decision kinds.
 NEW, RESUME, SKIP = "new", "resume", "skip"
 

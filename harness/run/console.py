@@ -33,6 +33,10 @@ class ConsoleReporter:
     def epoch_finished(self, pass_index, step, values):
         self.tracker.epoch_finished(pass_index, step, values)
 
+    def flush(self):
+        """The epochs' asynchronous logging landed (the Runner's writer waits for it)."""
+        self.tracker.flush()
+
     def pass_finished(self, index, result):
         self.log(metrics.eval_line(index, result.eval))
         self.tracker.pass_finished(index, result)

@@ -5,9 +5,9 @@ start its SQLAlchemy store.
 Only a store whose schema this module knows is read this way: its alembic revision (table
 `alembic_version`) must be one MLflow 3.17.2 writes (SUPPORTED_REVISIONS; tests/test_fast_store.py
 checks the pin against a store MLflow itself creates, and that both readers agree run for run).
-Any other store, a server (http://, https://) or a database MLflow reaches through SQLAlchemy
-(postgresql://, ...) goes through harness.track.reader.MlflowReader, the MLflow client, instead:
-`open_reader` chooses. The database is opened read-only; nothing here writes, and a store file
+A server (http://, https://) is read over REST by harness.track.rest_reader (no MLflow either);
+any other store, or a database MLflow reaches through SQLAlchemy (postgresql://, ...), goes
+through harness.track.reader.MlflowReader, the MLflow client, instead: `open_reader` chooses. The database is opened read-only; nothing here writes, and a store file
 that does not exist reads as empty without being created. No MLflow, no TensorFlow.
 
 Both readers answer the same questions with harness.core.records.RunRecord:
@@ -28,7 +28,7 @@ from typing import Iterable, Optional
 
 from harness.core.records import (FINISHED, KIND_ITERATION, KIND_REFERENCE, KIND_VARIANT, TAG_CONFIG_SHA, TAG_ITERATION,
                                   TAG_KIND, RunRecord)
-from harness.track.uris import SQLITE_PREFIX, chosen_uri, local_artifact_root, sqlite_path
+from harness.track.uris import SQLITE_PREFIX, chosen_uri, is_server, local_artifact_root, sqlite_path
 
 # Alembic head revision of the tracking schema MLflow 3.17.2 creates and reads.
 SUPPORTED_REVISIONS = frozenset({"dc11669786a5"})
@@ -186,8 +186,17 @@ class SqliteReader:
 
 def open_reader(uri: Optional[str], experiment: str):
     """The fastest reader that can answer for this store: SqliteReader for a local SQLite store
-    of a known schema, else harness.track.reader.MlflowReader (MLflow's client: REST for a server)."""
+    of a known schema; for a server (probed first: one line when it does not answer),
+    harness.track.rest_reader.ServerReader, REST without MLflow and MLflow's client as its
+    fallback; else harness.track.reader.MlflowReader (MLflow's client)."""
     chosen = chosen_uri(uri)
+    if is_server(chosen):
+        from harness.track import remote
+        from harness.track.rest_reader import ServerReader
+
+        remote.configure_http_client(chosen)
+        remote.check_reachable(chosen)
+        return ServerReader(chosen, experiment)
     path = sqlite_path(chosen)
     if path is not None:
         from harness.track.store_check import check

@@ -15,7 +15,8 @@ from mlflow.entities import Param, ViewType
 
 from harness.ledger.schema import Iteration
 from harness.ledger.diffing import flatten
-from harness.core.records import (KIND_ITERATION, TAG_CONFIG_SHA, TAG_EXTENDS, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, RunRecord)
+from harness.core.records import (KIND_ITERATION, TAG_CONFIG_SHA, TAG_EXTENDS, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, RunRecord,
+                                  parent_query, quoted)  # noqa: F401 (the search filters, re-exported)
 
 if TYPE_CHECKING:  # an annotation only: the store imports this module
     from harness.track.store import Store
@@ -43,11 +44,6 @@ def run_record(run) -> RunRecord:
                      steps={m.key: m.step for m in run.data.to_proto().metrics})
 
 
-def quoted(value: str) -> str:
-    """A value inside a single-quoted search_runs filter string."""
-    return value.replace("'", "\\'")
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -66,15 +62,6 @@ def run_tags(iteration: Iteration) -> dict:
     return {TAG_KIND: KIND_ITERATION, TAG_ITERATION: iteration.name, TAG_EXTENDS: iteration.extends or "",
             TAG_CONFIG_SHA: iteration.config_sha(), "mlflow.source.name": "harness run",
             "mlflow.source.type": "LOCAL"}
-
-
-def parent_query(iteration: Optional[str] = None, status: Optional[str] = None, kind: str = KIND_ITERATION) -> str:
-    """The search filter for parent runs (or, with `kind`, variant runs): of one iteration, in
-    one status, if given."""
-    query = f"tags.`{TAG_KIND}` = '{kind}'"
-    if iteration:
-        query += f" and tags.`{TAG_ITERATION}` = '{iteration}'"
-    return query + (f" and attributes.status = '{status}'" if status else "")
 
 
 def search(store: "Store", experiment: str, query: str, max_results: int = 5000) -> list:

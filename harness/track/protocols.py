@@ -34,6 +34,9 @@ class Tracker(Protocol):
 
     def epoch_finished(self, pass_index: int, step: int, values: dict) -> None: ...
 
+    def flush(self) -> None:
+        """Wait until the epochs handed over have landed (their logging is asynchronous)."""
+
     def pass_finished(self, index: int, result) -> None: ...
 
     def log_model(self, checkpoint: Path, card, example, outputs: dict[str, str], step: int = 0) -> str: ...

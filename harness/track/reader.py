@@ -9,7 +9,7 @@ from typing import Iterable, Optional
 from mlflow.exceptions import MlflowException
 
 
-from harness.core.records import (FINISHED, KIND_REFERENCE, KIND_VARIANT, TAG_KIND, RunRecord)
+from harness.core.records import REFERENCES_QUERY, KIND_VARIANT, RunRecord
 from harness.track.layout import run_record, search
 from harness.track.store import Store
 from harness.track.uris import resolve_uri, store_exists
@@ -47,8 +47,7 @@ class MlflowReader:
         """Finished reference runs (`harness reference`), newest first."""
         if self._store is None:
             return []
-        query = f"tags.`{TAG_KIND}` = '{KIND_REFERENCE}' and attributes.status = '{FINISHED}'"
-        return [run_record(run) for run in search(self._store, self.experiment, query)]
+        return [run_record(run) for run in search(self._store, self.experiment, REFERENCES_QUERY)]
 
     def known(self, run_ids: Iterable[str]) -> set[str]:
         """The ids among `run_ids` of runs the store holds (deleted ones not)."""

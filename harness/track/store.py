@@ -39,10 +39,11 @@ from harness.track.leases import check_running, lines
 from harness.ledger.schema import Iteration
 from harness.core.records import (EXPERIMENT_KIND_TRAINING, FINISHED, KIND_ITERATION, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXPERIMENT_KIND, TAG_FAILURE_REASON,
                                   TAG_KIND, TAG_REFERENCE, TAG_SPLIT, UNFINISHED,
-                                  DataLineage, Decision, MetricPoint, RunRecord)
+                                  DataLineage, Decision, MetricPoint, RunRecord, finished_query)
 from harness.track.failures import quiet_store_errors
 from harness.track.layout import parent_query, quoted, run_record, search
-from harness.track.tracker import RunTracker, SystemMetrics
+from harness.track.tracker import RunTracker
+from harness.track.system_metrics import SystemMetrics
 from harness.track.uris import artifact_root, local_artifact_root, resolve_uri, sqlite_path
 
 
@@ -143,10 +144,7 @@ class Store:
     def latest_finished(self, experiment: str, iteration: str, config_sha: Optional[str] = None) -> Optional[RunRecord]:
         """The newest FINISHED parent run of an iteration (with that config sha, if given): one
         search that returns at most one run, so its cost does not grow with the store."""
-        query = parent_query(iteration, FINISHED)
-        if config_sha:
-            query += f" and tags.`{TAG_CONFIG_SHA}` = '{config_sha}'"
-        found = search(self, experiment, query, max_results=1)
+        found = search(self, experiment, finished_query(iteration, config_sha), max_results=1)
         return run_record(found[0]) if found else None
 
     def references(self, experiment: str, split: str) -> dict[str, RunRecord]:

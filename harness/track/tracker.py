@@ -1,5 +1,15 @@
 """The `RunTracker`: the events of one training run (model built, pass started, epoch finished, ...),
 written to its MLflow parent run and the pass's child run; its dataset input and system metrics.
+
+An epoch's metrics (and the lease renewal riding with them) go through MLflow's own asynchronous
+logging, `MlflowClient.log_batch(..., synchronous=False)`, so the next epoch starts while they
+travel: on a PostgreSQL-backed server one epoch's two requests cost tens of milliseconds, on
+the epoch's critical path until now (BENCHMARKS.md row (e)). At most one epoch is in flight
+(`InFlight`): the next epoch's logging, the end of a pass, replay, finish and fail (Ctrl-C,
+SIGTERM, SIGHUP arrive as KeyboardInterrupt and end in `fail`) first wait for it, so leases are
+written in order and a lost server surfaces, as MLflow's own exception, one epoch later at worst.
+Nothing is lost to a kill: the epoch is in the run's state.json before it is logged, and a
+resumed run replays, per run (parent and pass), every step that run does not hold.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from harness.core.records import (FAILED, FINISHED, KILLED, KIND_PASS, KIND_TRIA
 from harness.track.layout import now_ms, params_of, run_tags
 from harness.track.provenance import Provenance
 from harness.track.models import log_model
+from harness.track.system_metrics import SystemMetrics
 
 
 class RunTracker:
@@ -38,6 +49,7 @@ class RunTracker:
                      else run_name or iteration.name)
         self.monitor: Optional[SystemMetrics] = None
         self._longest_epoch = 0.0
+        self._in_flight = InFlight()
         if resumed is not None:
             self.run_id = resumed.run_id
             self._children, self._logged_steps = _reopen_parent(client, experiment_id, self.run_id)
@@ -46,7 +58,7 @@ class RunTracker:
             shown = (run_name if run_name and tags.get(TAG_KIND) == KIND_TRIAL
                      else display_name(run_name or self.name, synthetic))
             self.run_id = _open_parent(client, experiment_id, iteration, shown, tags, data)
-            self._children, self._logged_steps = {}, set()
+            self._children, self._logged_steps = {}, {}
 
     def model_built(self, total: int, trainable: int, summary_text: str) -> None:
         """The model's parameter counts and summary (a new run, before training)."""
@@ -54,11 +66,18 @@ class RunTracker:
         self._client.log_text(self.run_id, summary_text, "model_summary.txt")
 
     def replay(self, history: Iterable[dict]) -> int:
-        """Log the epochs a killed process finished but never reported; returns how many."""
-        missing = [h for h in history if h["step"] not in self._logged_steps]
-        for entry in missing:
-            self.epoch_finished(entry["pass"], entry["step"], entry["metrics"])
-        return len(missing)
+        """Log the epochs a killed process finished but never reported, on each run (parent,
+        pass) that lacks them: a kill with an epoch in flight may have left it on one run only.
+        Returns how many epochs were incomplete."""
+        replayed = 0
+        for entry in history:
+            child = self._children.get(entry["pass"])
+            runs = [r for r in (self.run_id, child) if r and entry["step"] not in self._logged_steps.get(r, ())]
+            if runs:
+                self._log_epoch(entry["pass"], entry["step"], entry["metrics"], runs)
+                replayed += 1
+        self.flush()
+        return replayed
 
     def pass_started(self, index: int, iteration: Iteration, freeze=None) -> None:
         if index in self._children:
@@ -73,18 +92,33 @@ class RunTracker:
                                                                       "pass."))
 
     def epoch_finished(self, pass_index: int, step: int, values: dict) -> None:
-        """The epoch's metrics on the parent and the pass run; the parent's call also renews
-        the lease (no extra request)."""
+        """The epoch's metrics on the parent and the pass run, handed to MLflow's asynchronous
+        logging once the previous epoch's have landed; the parent's batch also renews the lease
+        (no extra request)."""
+        self._log_epoch(pass_index, step, values, [self.run_id, self._children.get(pass_index)])
+        faults.reach("queue-not-flushed")
+
+    def _log_epoch(self, pass_index: int, step: int, values: dict, runs: list) -> None:
+        self.flush()
         self._longest_epoch = max(self._longest_epoch, float(values.get(metrics.EPOCH_SECONDS, 0.0)))
-        lease = RunTag(TAG_LEASE, Lease.mine(self._longest_epoch).to_tag())
-        self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now_ms(), step) for k, v in values.items()],
-                               tags=[lease])
-        if pass_index in self._children:
-            _log_metrics(self._client, self._children[pass_index], values, step)
-        self._logged_steps.add(step)
+        now = now_ms()
+        points = [Metric(k, float(v), now, step) for k, v in values.items()]
+        for run_id in filter(None, runs):
+            tags, system = [], []
+            if run_id == self.run_id:  # the lease and the system-metrics samples ride with the parent's epoch
+                tags = [RunTag(TAG_LEASE, Lease.mine(self._longest_epoch).to_tag())]
+                system = self.monitor.drain() if self.monitor is not None else []
+            self._in_flight.add(self._client.log_batch(run_id, metrics=points + system, tags=tags, synchronous=False))
+            self._logged_steps.setdefault(run_id, set()).add(step)
+
+    def flush(self) -> None:
+        """Wait until every epoch handed to MLflow has landed (raising what failed, as MLflow
+        raised it): at the end of each pass, before replayed or finishing writes, on fail."""
+        self._in_flight.wait()
 
     def pass_finished(self, index: int, result) -> None:
         """The pass's eval.json, best checkpoint, confusion matrices and summary; FINISHED."""
+        self.flush()
         child = self._children[index]
         _log_pass_result(self._client, child, self.iteration, index, result)
         self._client.set_terminated(child, FINISHED)
@@ -93,6 +127,7 @@ class RunTracker:
                selected: Optional[dict] = None) -> dict:
         """Summary metrics (the per-epoch bests, and `selected`: the selected checkpoint's
         scores), curves, the selected checkpoint; status FINISHED. Returns the summary."""
+        self.flush()
         summary = {**metrics.summarize(history, self.iteration.data.name), **(selected or {})}
         _log_metrics(self._client, self.run_id, summary)
         _log_curves(self._client, self.run_id, history, self.iteration.data.name, self.iteration.name)
@@ -125,7 +160,9 @@ class RunTracker:
         return summary
 
     def fail(self, reason: str, status: str = FAILED) -> None:
-        """The run ends FAILED (or KILLED) with its reason; so does any pass still running."""
+        """The run ends FAILED (or KILLED) with its reason; so does any pass still running.
+        The epoch in flight lands first (Ctrl-C, SIGTERM and SIGHUP end here)."""
+        self.flush()
         self._stop_monitor()
         self._client.set_tag(self.run_id, TAG_FAILURE_REASON, reason[:5000])
         for child in self._children.values():
@@ -164,15 +201,42 @@ def _open_parent(client: MlflowClient, experiment_id: str, iteration: Iteration,
     return run_id
 
 
-def _reopen_parent(client: MlflowClient, experiment_id: str, run_id: str) -> tuple[dict[int, str], set]:
+def _reopen_parent(client: MlflowClient, experiment_id: str, run_id: str) -> tuple[dict[int, str], dict[str, set]]:
     """A resumed parent run, RUNNING again under this process's lease; its pass runs (pass
-    index -> run id) and the steps it already logged."""
+    index -> run id) and the steps each of them (and the parent) already logged: an epoch's
+    batch is one transaction, so its loss tells whether the whole epoch landed on that run."""
     client.update_run(run_id, status=RUNNING)
     client.set_tag(run_id, TAG_LEASE, Lease.mine().to_tag())
     children = {}
     for child in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"):
         children[int(child.data.tags[TAG_PASS])] = child.info.run_id
-    return children, {m.step for m in client.get_metric_history(run_id, metrics.LOSS)}
+    logged = {run: {m.step for m in client.get_metric_history(run, metrics.LOSS)}
+              for run in (run_id, *children.values())}
+    return children, logged
+
+
+class InFlight:
+    """The asynchronous logging operations (MLflow's RunOperations) not yet waited for."""
+
+    def __init__(self):
+        self._operations: list = []
+
+    def add(self, operations) -> None:
+        if operations is not None:
+            self._operations.append(operations)
+
+    def wait(self) -> None:
+        """Block until all have landed; the first failure is raised as MLflow raised it (the
+        futures' own exception: RunOperations.wait wraps every failure into one message, which
+        would hide a lost server from track.failures.server_lost)."""
+        pending, self._operations = self._operations, []
+        for operations in pending:
+            futures = getattr(operations, "_operation_futures", None)
+            if futures is None:
+                operations.wait()
+                continue
+            for future in futures:
+                future.result()
 
 
 def _log_metrics(client: MlflowClient, run_id: str, values: dict, step: int = 0) -> None:
@@ -205,7 +269,7 @@ def _log_curves(client: MlflowClient, run_id: str, history: list[dict], dataset:
     plots.close(figure)
 
 
-# --------------------------------------------------------------------------- data, system metrics
+# --------------------------------------------------------------------------- data
 
 
 def _log_dataset(client: MlflowClient, run_id: str, data: DataLineage) -> None:
@@ -215,29 +279,3 @@ def _log_dataset(client: MlflowClient, run_id: str, data: DataLineage) -> None:
                       source=json.dumps({"uri": data.source}), profile=json.dumps(data.profile()))
     tags = [InputTag("mlflow.data.context", "training"), InputTag(TAG_SYNTHETIC, str(data.synthetic).lower())]
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
-
-
-class SystemMetrics:
-    """MLflow's system-metrics monitor on one run: CPU, memory, disk, network, and GPU use and
-    memory through nvidia-ml-py when a GPU is visible. It samples on a daemon thread (every 10 s,
-    or $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL), so a killed process simply loses the thread,
-    and a resumed run continues its steps. `stop` also logs what was sampled since the last
-    point, so a run shorter than one interval still gets a point."""
-
-    def __init__(self, uri: str, run_id: str, resumed: bool, interval: float = 10.0):
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        self._monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resumed,
-                                             tracking_uri=uri)
-        self._monitor.start()
-
-    def stop(self) -> None:
-        monitor = self._monitor
-        monitor.finish()
-        leftover = monitor.aggregate_metrics()
-        if leftover:
-            try:
-                monitor.publish_metrics(leftover)
-                monitor.mlflow_logger.flush()
-            except MlflowException:
-                pass  # the run is gone or terminated: nothing left to record

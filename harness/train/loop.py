@@ -22,8 +22,8 @@ from harness.core import faults, metrics
 from harness.core.labels import output_name
 from harness.ledger.schema import Iteration, PassConfig
 from harness.train import feature_cache, progress
-from harness.train.checkpoints import (RunFolder, RunState, link, load_snapshot, save_last_good, save_pass_models,
-                                       save_snapshot)
+from harness.train.checkpoints import (EpochWriter, RunFolder, RunState, capture_snapshot, link, load_snapshot,
+                                       save_last_good, save_pass_models, write_snapshot)
 from harness.train.compile import compile_model, lr_for_epoch, train_stream, val_stream
 from harness.train.distribute import strategy_scope, synchronize_batch_norm
 from harness.train.rng import seed_pass
@@ -60,7 +60,9 @@ class Reporter(Protocol):
         """`freeze`: the harness.models.FreezeSummary of the pass's freeze policy."""
 
     def epoch_finished(self, pass_index: int, step: int, values: dict) -> None:
-        """`values`: the epoch's metrics in contract names (harness.core.metrics)."""
+        """`values`: the epoch's metrics in contract names (harness.core.metrics). Called on the
+        Runner's background writer thread, after the epoch's state is on disk; a reporter with
+        a `flush()` (its logging asynchronous) is flushed there too, before the next epoch."""
 
     def pass_finished(self, index: int, result: PassResult) -> None: ...
 
@@ -254,6 +256,7 @@ class Runner:
         self.folder = RunFolder(self.workdir)
         self.workdir = self.folder.root
         self.state = RunState.load(self.workdir)
+        self.writer = EpochWriter()
         self.dataset = self.iteration.data.name
         self.cache = (feature_cache.FeatureCache(self.bundle, self.feature_inputs, self.log)
                       if self.feature_inputs is not None else None)
@@ -276,26 +279,49 @@ class Runner:
 
     def epoch_done(self, index: int, pass_: PassConfig, model, values: dict) -> None:
         """`model` is the one being fit (it gets stop_training); checkpoints are always of the
-        whole model, even when the fit runs on cached features."""
+        whole model, even when the fit runs on cached features. The decisions (best, early
+        stop, budget) and the state in memory are made here; the files and the report go to
+        the background writer, after the previous epoch's have landed: snapshot, then state,
+        then the report (its logging waited for), as a synchronous epoch did them."""
+        self.settle()
         state = self.state
         step = state.step + 1
         # A new name per epoch: until the state names it, a kill leaves state and snapshot in
         # step (the previous epoch's), so a resume neither skips nor repeats an epoch.
         snapshot = self.folder.epoch_snapshot(index, state.epochs_in_pass + 1)
-        save_snapshot(self.full_model, snapshot)
+        arrays = capture_snapshot(self.full_model)
         value = values.get(pass_.monitor)
         improved = value is not None and state.improve(str(index), value, step, pass_.monitor)
-        if improved:
-            link(snapshot, self.folder.best_snapshot(index))
         if state.should_stop(index, pass_, values, step, improved):
             model.stop_training = True
             self.stopped_early = True
-        state.record_epoch(self.folder, index, values, snapshot)
+        persist = state.record_epoch(self.folder, index, values, snapshot)
         if state.epochs_in_pass < pass_.epochs and state.over_budget(index, pass_):
             model.stop_training = True
             self.stopped_early = True
-        faults.reach("after-snapshot")
-        self.reporter.epoch_finished(index, step, values)
+        best = self.folder.best_snapshot(index) if improved else None
+
+        def write() -> None:
+            write_snapshot(arrays, snapshot)
+            if best is not None:
+                link(snapshot, best)
+            persist()
+            faults.reach("after-snapshot")
+            self.reporter.epoch_finished(index, step, values)
+            flush = getattr(self.reporter, "flush", None)
+            if flush is not None:  # the epoch's logging lands before the next epoch is recorded
+                flush()
+
+        self.writer.submit(write)
+
+    def settle(self) -> None:
+        """Wait for the background writer; if it failed, the state in memory goes back to the
+        one on disk (the last epoch whose files were written) before the error goes on."""
+        try:
+            self.writer.join()
+        except BaseException:
+            self.state = RunState.load(self.workdir)
+            raise
 
     def restore(self, index: int, model) -> None:
         """Compile `model` with the weights pass `index` starts from: fresh, the previous pass's
@@ -336,6 +362,7 @@ class Runner:
                        # progress first: its line ends before the epoch's
                        [*progress.callbacks(data.steps_per_epoch, it.batch_size.train, pass_.epochs, self.log),
                         *(c for c in (_pass_callback(self, index, pass_), faults.mid_epoch_callback()) if c)])
+        self.settle()
         if self.diverged:
             save_last_good(self.folder, self.state, index, model)
             raise TrainingDiverged(self.diverged)
@@ -368,5 +395,11 @@ class Runner:
             with strategy_scope(self.iteration.compute.distribute):
                 return [self.run_pass(index) for index in range(len(self.iteration.passes))
                         if index not in self.state.done_passes]
+        except BaseException:
+            try:  # every exit waits for the writer: nothing half-reported behind the caller's back
+                self.settle()
+            except BaseException:
+                pass  # the error already on its way comes first
+            raise
         finally:
             keras.mixed_precision.set_global_policy(previous)
