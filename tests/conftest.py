@@ -6,7 +6,8 @@
   The real CIFAR-10 subset likewise: HARNESS_CIFAR10_REAL, else ../shared/data/cifar10.
 - The session fails if it changed a tracked file of the repository (`git status --porcelain`
   before and after): tests and benchmarks write only to temporary folders.
-- Trainings log no system metrics (HARNESS_SYSTEM_METRICS=0) unless a test asks for them.
+- Trainings log no system metrics (HARNESS_SYSTEM_METRICS=0) unless a test asks for them, and
+  no MLflow Model (HARNESS_LOG_MODEL=0) outside the modules that load one (LOGS_MODELS).
 - Each test carries cost markers (train, subprocess, server, browser, real; faults and slow where
   its module says so), given at collection (the end of this file).
 - `records_store`: one real MLflow store of hand-made runs (tests/store_builder.py) for the
@@ -102,6 +103,33 @@ def no_system_metrics():
         os.environ.pop("HARNESS_SYSTEM_METRICS", None)
     else:
         os.environ["HARNESS_SYSTEM_METRICS"] = previous
+
+
+# The test modules whose runs log an MLflow Model because they load, register or serve it; every
+# other training in the suite skips it (HARNESS_LOG_MODEL=0: seconds a run that nothing reads).
+LOGS_MODELS = {"test_models_registry", "test_pixels", "test_variants"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_model_logging():
+    previous = os.environ.get("HARNESS_LOG_MODEL")
+    os.environ["HARNESS_LOG_MODEL"] = "0"
+    yield
+    if previous is None:
+        os.environ.pop("HARNESS_LOG_MODEL", None)
+    else:
+        os.environ["HARNESS_LOG_MODEL"] = previous
+
+
+@pytest.fixture(autouse=True, scope="module")
+def model_logging_where_used(request, no_model_logging):
+    """HARNESS_LOG_MODEL=1 for the modules in LOGS_MODELS, before their module fixtures train."""
+    if request.module.__name__.rsplit(".", 1)[-1] not in LOGS_MODELS:
+        yield
+        return
+    os.environ["HARNESS_LOG_MODEL"] = "1"
+    yield
+    os.environ["HARNESS_LOG_MODEL"] = "0"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -68,3 +68,13 @@ def system_metrics(explicit: Optional[bool] = None) -> bool:
     if explicit is not None:
         return explicit
     return os.environ.get(SYSTEM_METRICS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+LOG_MODEL_ENV = "HARNESS_LOG_MODEL"  # "0": a run logs no MLflow Model (the tests that do not use one)
+
+
+def log_model() -> bool:
+    """Whether a finished run logs its selected checkpoint as an MLflow Model: $HARNESS_LOG_MODEL
+    (0 off), else on. Off only in tests that never load, register or serve the model: logging it
+    (signature, input example, the Keras file copied) costs seconds a run there, and nothing reads it."""
+    return os.environ.get(LOG_MODEL_ENV, "1").strip().lower() not in ("0", "false", "no", "off")

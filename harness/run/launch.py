@@ -139,7 +139,8 @@ def _train(prepared: Prepared, bundle, decision: Decision, tracker, folder: Path
     try:
         selected = runner.selected_summary(results)
         log_predictions(prepared, bundle, store, tracker.run_id, runner.selected_outputs(results))
-        log_final_model(prepared, tracker, runner.final_checkpoint(), selected.get(metrics.SELECTED_EPOCH), log)
+        if settings.log_model():
+            log_final_model(prepared, tracker, runner.final_checkpoint(), selected.get(metrics.SELECTED_EPOCH), log)
         summary = tracker.finish(runner.state.history, results, runner.final_checkpoint(), selected)
     except Exception as exc:
         halted = halted_by(exc, name, tracker, store.uri, folder, runner.state, marking=False)
