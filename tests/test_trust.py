@@ -291,6 +291,7 @@ REAL = os.environ.get("HARNESS_HVC_REAL", "")
 SHORT = REAL_LEARNING_SHORT.replace("real-short", "real-trust").replace("epochs: 3,", "epochs: 4,")
 
 
+@pytest.mark.real  # the module is not in conftest's REAL set: only this test reads the real subset
 @pytest.mark.skipif(not REAL or not (Path(REAL) / "hvc_annotations.csv").is_file(),
                     reason="real hvc subset not available: set HARNESS_HVC_REAL to the folder holding "
                            "hvc_annotations.csv")

@@ -233,7 +233,9 @@ def _add_reading_commands(sub) -> None:
     _add_tracking(p)
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("compare", help="runs side by side: config diff, per-head accuracy and balanced accuracy")
+    p = sub.add_parser("compare", help="runs side by side: config diff, per-head accuracy and balanced accuracy, "
+                                       "then each later run against the first: difference, 95%% CI, McNemar p, "
+                                       "verdict (better, worse, within noise)")
     p.add_argument("runs", nargs="+", metavar="ITER_OR_RUN", help="iterations (their latest runs) or run ids")
     _add_ledger(p)
     p.add_argument("--json", action="store_true", help="the comparison as one JSON object")

@@ -88,7 +88,9 @@ def balanced_accuracy(true, pred, axis=-1):
     `axis`, so scipy's bootstrap can hand it every resample at once."""
     true, pred = np.moveaxis(np.asarray(true), axis, -1), np.moveaxis(np.asarray(pred), axis, -1)
     recalls = []
-    for label in np.unique(true):
+    # Codes are 0..K-1 (encode); a class absent from a resample has no recall (nan, skipped), as
+    # sklearn skips classes absent from y_true. range() instead of np.unique: no sort of every resample.
+    for label in range(int(true.max()) + 1 if true.size else 0):
         members = true == label
         count = members.sum(axis=-1)
         hits = (members & (pred == label)).sum(axis=-1)
@@ -102,12 +104,14 @@ def balanced_difference(true, pred_b, pred_a, axis=-1):
     return balanced_accuracy(true, pred_b, axis) - balanced_accuracy(true, pred_a, axis)
 
 
-def bootstrap_interval(data: tuple, statistic) -> tuple[float, float, str]:
+def bootstrap_interval(data: tuple, statistic, same: bool = False) -> tuple[float, float, str]:
     """(low, high, method): the paired 95% interval of `statistic` over the images of `data`;
-    BCa, or percentile where BCa is undefined (no spread in the resamples)."""
+    BCa, or percentile where BCa is undefined (no spread in the resamples). `same`: the two runs
+    answered every image alike, so BCa is known to be undefined and is not tried (it would cost
+    a bootstrap to learn that)."""
     from scipy.stats import bootstrap
 
-    for method in ("BCa", "percentile"):
+    for method in (("percentile",) if same else ("BCa", "percentile")):
         with warnings.catch_warnings():  # scipy's DegenerateDataWarning: handled by the fallback
             warnings.simplefilter("ignore")
             result = bootstrap(data, statistic, paired=True, vectorized=True, confidence_level=CONFIDENCE,
@@ -172,13 +176,15 @@ def compare_pair(a, b, heads: Optional[Sequence[str]] = None, metrics: Sequence[
         true, pred_a, pred_b = head_arrays(a, b, head)
         right_a, right_b = (pred_a == true).astype(float), (pred_b == true).astype(float)
         if ACC in metrics:
-            low, high, method = bootstrap_interval((right_b, right_a), accuracy_difference)
+            low, high, method = bootstrap_interval((right_b, right_a), accuracy_difference,
+                                                   same=bool(np.array_equal(right_a, right_b)))
             acc_a, acc_b = float(right_a.mean()), float(right_b.mean())
             out.append(Difference(head, ACC, acc_a, acc_b, acc_b - acc_a, low, high, method,
                                   mcnemar_p(right_a, right_b), verdict(low, high), images=len(true)))
         if BACC not in metrics:
             continue
-        low, high, method = bootstrap_interval((true, pred_b, pred_a), balanced_difference)
+        low, high, method = bootstrap_interval((true, pred_b, pred_a), balanced_difference,
+                                               same=bool(np.array_equal(pred_a, pred_b)))
         bacc_a, bacc_b = float(balanced_accuracy(true, pred_a)), float(balanced_accuracy(true, pred_b))
         out.append(Difference(head, BACC, bacc_a, bacc_b, bacc_b - bacc_a, low, high, method, None,
                               verdict(low, high), images=len(true)))
