@@ -22,6 +22,10 @@ import warnings
 
 QUIET_WARNINGS = "ignore::DeprecationWarning,ignore::PendingDeprecationWarning,ignore::FutureWarning"
 NOISY_LOGGERS = ("mlflow", "alembic", "absl", "urllib3", "git")
+# MLflow's asynchronous logging logs every failed batch as an ERROR with the whole exception (SQL
+# included); the harness receives that same exception from the batch's future (harness.track.
+# tracker) and says what it means in one line, so these are shown only with -v.
+ASYNC_LOGGING_LOGGER = "mlflow.utils.async_logging"
 
 _verbose = False
 
@@ -40,6 +44,7 @@ def configure(verbose: bool = False) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         for name in NOISY_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(ASYNC_LOGGING_LOGGER).setLevel(logging.INFO)
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,6 +55,7 @@ def configure(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=category)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger(ASYNC_LOGGING_LOGGER).setLevel(logging.CRITICAL)
     if "tensorflow" not in sys.modules and not any(isinstance(f, QuietTensorFlowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, QuietTensorFlowImport())
 

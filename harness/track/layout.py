@@ -15,8 +15,7 @@ from mlflow.entities import Param, ViewType
 
 from harness.ledger.schema import Iteration
 from harness.ledger.diffing import flatten
-from harness.core.records import (KIND_ITERATION, TAG_CONFIG_SHA, TAG_EXTENDS, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, RunRecord,
-                                  parent_query, quoted)  # noqa: F401 (the search filters, re-exported)
+from harness.core.records import (KIND_ITERATION, TAG_CONFIG_SHA, TAG_EXTENDS, TAG_GIT_DIRTY, TAG_ITERATION, TAG_KIND, RunRecord)
 
 if TYPE_CHECKING:  # an annotation only: the store imports this module
     from harness.track.store import Store

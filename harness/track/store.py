@@ -37,11 +37,11 @@ from harness.track import remote, store_check
 from harness.core.errors import StoreUnusable
 from harness.track.leases import check_running, lines
 from harness.ledger.schema import Iteration
-from harness.core.records import (EXPERIMENT_KIND_TRAINING, FINISHED, KIND_ITERATION, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP, TAG_CONFIG_SHA, TAG_EXPERIMENT_KIND, TAG_FAILURE_REASON,
+from harness.core.records import (EXPERIMENT_KIND_TRAINING, FINISHED, KIND_ITERATION, KIND_REFERENCE, NEW, RESUME, RUNNING, SKIP, TAG_EXPERIMENT_KIND, TAG_FAILURE_REASON,
                                   TAG_KIND, TAG_REFERENCE, TAG_SPLIT, UNFINISHED,
-                                  DataLineage, Decision, MetricPoint, RunRecord, finished_query)
+                                  DataLineage, Decision, MetricPoint, RunRecord, finished_query, parent_query, quoted)
 from harness.track.failures import quiet_store_errors
-from harness.track.layout import parent_query, quoted, run_record, search
+from harness.track.layout import run_record, search
 from harness.track.tracker import RunTracker
 from harness.track.system_metrics import SystemMetrics
 from harness.track.uris import artifact_root, local_artifact_root, resolve_uri, sqlite_path

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 
