@@ -130,7 +130,7 @@ def test_heads_with_equal_class_counts_get_their_own_accuracy(book, synth):
     from harness.data.split import split
     from harness.core.metrics import from_keras_logs
     from harness.train import compile_model, val_stream
-    from harness.train.loop import new_model, predict_classes
+    from harness.train.loop import new_model, predict_outputs
 
     iteration = book.resolve("one")
     table = load_hvc(synth)
@@ -139,7 +139,7 @@ def test_heads_with_equal_class_counts_get_their_own_accuracy(book, synth):
     model, _ = new_model(iteration, 0)
     compile_model(model, iteration, iteration.passes[0])
     logged = from_keras_logs(model.evaluate(val_stream(data), return_dict=True, verbose=0), "hvc")
-    predicted = predict_classes(model, data)
+    predicted = predict_outputs(model, data)[0]
     accuracies = {head: float(np.mean(predicted[head] == data.val_labels[head])) for head in HVC_HEADS}
     assert len({accuracies[h] for h in ("image_quality", "bag", "footwear", "pose")}) > 1  # distinguishable
     for head in HVC_HEADS:

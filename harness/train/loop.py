@@ -126,11 +126,6 @@ def predict_outputs(model, data) -> tuple[dict, dict]:
     return predicted_outputs(model, val_stream(data), data.heads)
 
 
-def predict_classes(model, data) -> dict:
-    """head -> the predicted class of every validation example of `data`, in its order."""
-    return predict_outputs(model, data)[0]
-
-
 def evaluate(model, data, dataset: str) -> tuple[dict, dict, dict]:
     """(the evaluate dict in contract names, sorted; head -> predicted class per validation
     example; head -> its probability) of `model` on `data`'s validation set."""
