@@ -14,6 +14,7 @@
   read-only commands.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,17 +93,27 @@ def tracked_files_untouched():
     assert after == before, f"the tests changed the repository:\nbefore:\n{before}\nafter:\n{after}"
 
 
+@contextlib.contextmanager
+def environ(name: str, value: str):
+    """`name=value` in this process's environment (and so its subprocesses') for the block, then
+    as it was."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_system_metrics():
     """Trainings sample no MLflow system metrics (a monitor thread per run) unless a test asks for
     them (HARNESS_SYSTEM_METRICS=0, inherited by subprocesses); test_models_registry's does."""
-    previous = os.environ.get("HARNESS_SYSTEM_METRICS")
-    os.environ["HARNESS_SYSTEM_METRICS"] = "0"
-    yield
-    if previous is None:
-        os.environ.pop("HARNESS_SYSTEM_METRICS", None)
-    else:
-        os.environ["HARNESS_SYSTEM_METRICS"] = previous
+    with environ("HARNESS_SYSTEM_METRICS", "0"):
+        yield
 
 
 # The test modules whose runs log an MLflow Model because they load, register or serve it; every
@@ -112,13 +123,8 @@ LOGS_MODELS = {"test_models_registry", "test_pixels", "test_variants"}
 
 @pytest.fixture(autouse=True, scope="session")
 def no_model_logging():
-    previous = os.environ.get("HARNESS_LOG_MODEL")
-    os.environ["HARNESS_LOG_MODEL"] = "0"
-    yield
-    if previous is None:
-        os.environ.pop("HARNESS_LOG_MODEL", None)
-    else:
-        os.environ["HARNESS_LOG_MODEL"] = previous
+    with environ("HARNESS_LOG_MODEL", "0"):
+        yield
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -137,13 +143,8 @@ def isolated_work_dir(tmp_path_factory):
     """Runs keep their checkpoints and state in a temporary work dir, never in the repository's
     mlruns/work (subprocesses inherit it through HARNESS_WORK_DIR)."""
     folder = tmp_path_factory.mktemp("work")
-    previous = os.environ.get("HARNESS_WORK_DIR")
-    os.environ["HARNESS_WORK_DIR"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("HARNESS_WORK_DIR", None)
-    else:
-        os.environ["HARNESS_WORK_DIR"] = previous
+    with environ("HARNESS_WORK_DIR", str(folder)):
+        yield folder
 
 
 @pytest.fixture(scope="session")
