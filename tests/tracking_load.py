@@ -99,6 +99,7 @@ def load(index: int, tracker, seconds: float) -> dict:
         before = time.monotonic()
         try:
             tracker.epoch_finished(0, step, epoch_values(index, step))
+            tracker.flush()  # logging is asynchronous: the epoch has landed (or failed) here, as the Runner waits
         except Exception as exc:  # counted and reported; the read-back then shows what is missing
             errors += 1
             first_error = first_error or _one_line(exc)
@@ -106,7 +107,11 @@ def load(index: int, tracker, seconds: float) -> dict:
         latencies.append(time.monotonic() - before)
         logged.append(step)
     elapsed = time.monotonic() - started
-    tracker.fail("load test", status="KILLED")  # as bench_server ends its runs
+    try:
+        tracker.fail("load test", status="KILLED")  # as bench_server ends its runs
+    except Exception as exc:  # counted like an epoch's failure: the worker still reports what it logged
+        errors += 1
+        first_error = first_error or _one_line(exc)
     return {"worker": index, "parent": tracker.run_id, "child": tracker._children[0], "logged": logged,
             "elapsed": elapsed, "latencies": latencies, "errors": errors, "first_error": first_error}
 
