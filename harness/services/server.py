@@ -100,6 +100,12 @@ def start_mlflow(folder: ServerFolder, db_uri: str, host: str, port: int, worker
     """The MLflow server, detached in its own process group; (URL, PID) once /health answers."""
     folder.artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=db_uri, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    # A training process keeps two epoch batches in flight (parent and pass run, logged
+    # asynchronously): MLflow's default pool (5 + 10 overflow a worker) ran dry under 20 processes
+    # ("QueuePool limit ... reached"). 80 connections in all, under PostgreSQL's default 100.
+    per_worker = str(max(5, 40 // max(1, workers)))
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", per_worker)
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", per_worker)
     if auth:
         _write_auth_config(folder)
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(folder.auth_ini)
