@@ -75,7 +75,9 @@ class RestClient:
         self.context = None
         if uri.startswith("https://"):
             if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
-                self.context = ssl._create_unverified_context()
+                self.context = ssl.create_default_context()  # MLflow's "insecure TLS": no checks at all
+                self.context.check_hostname = False
+                self.context.verify_mode = ssl.CERT_NONE
             else:
                 self.context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
 
