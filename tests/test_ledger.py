@@ -397,20 +397,44 @@ def test_missing_required_profiles(tmp_path):
     assert any("profiles.cpu: required" in e for e in lines)
 
 
-def test_an_lr_every_pass_overrides_is_refused_for_set_and_sweep(tmp_path):
-    """`--set optimizer.lr` (or a sweep over it) on an iteration whose every pass sets its own LR
-    would train the iteration unchanged under a name that says otherwise: refused in one line."""
+def test_set_optimizer_lr_scales_the_lrs_every_pass_sets_and_a_sweep_over_it_is_refused(tmp_path):
+    """`--set optimizer.lr=V` on an iteration whose every pass sets its own LR (eleventh: 1e-3,
+    then 1e-4) would otherwise train it unchanged under another name: it scales each pass's LR so
+    the first starts at V, ratios kept, says so, and `--save-as` writes those LRs. A sweep over
+    optimizer.lr there is still refused in one line (a range of factors is what passes.0.lr sweeps)."""
+    import shutil
+
     from harness.core.errors import InputError
     from harness.ledger.overrides import Overrides
     from harness.ledger.space import load_space
+    from harness.run.variant import OverrideRun, save_variant
 
     book = ledger.load("runs.yaml")
-    with pytest.raises(InputError) as refused:
-        Overrides.parse(["optimizer.lr=3e-4"]).check(book.resolve("eleventh"))
-    assert str(refused.value).startswith("--set optimizer.lr: changes nothing eleventh trains: every pass sets its "
-                                         "own LR (passes.0 lr 0.001, passes.1 lr 0.0001)")
-    Overrides.parse(["passes.0.lr=3e-4"]).check(book.resolve("eleventh"))  # one pass's LR is a real change
-    Overrides.parse(["optimizer.lr=3e-4"]).check(book.resolve("second"))  # second's pass takes the optimizer's
+    eleventh = book.resolve("eleventh")
+    overrides = Overrides.parse(["optimizer.lr=3e-4"])
+    overrides.check(eleventh)
+    variant = book.resolve("eleventh", changes=overrides.changes(eleventh))
+    assert [p.lr for p in variant.passes] == [3e-4, 3e-5] and variant.optimizer.lr == 3e-4
+    assert variant.config_sha() != eleventh.config_sha()
+    assert overrides.note(eleventh) == ("--set optimizer.lr=3e-4: every pass of eleventh sets its own LR (lr 0.001, "
+                                        "lr 0.0001); each is scaled by 0.3, ratios kept: passes.0 lr 0.0003, "
+                                        "passes.1 lr 3e-05")
+    both = Overrides.parse(["optimizer.lr=3e-4", "passes.1.lr=1e-5"])  # a pass's own flag wins
+    assert [p.lr for p in book.resolve("eleventh", changes=both.changes(eleventh)).passes] == [3e-4, 1e-5]
+    second = book.resolve("second")  # second's pass takes the optimizer's lr: set as it is, no note
+    assert overrides.note(second) is None and overrides.effective(second) == {"optimizer.lr": 3e-4}
+    with pytest.raises(InputError, match="--set optimizer.lr: -1 does not fit the field"):
+        Overrides.parse(["optimizer.lr=-1"]).check(eleventh)
+
+    copy = tmp_path / "runs.yaml"
+    shutil.copy("runs.yaml", copy)
+    copied = ledger.load(copy)
+    save_variant(copied, "eleventh", OverrideRun(copied, "eleventh", overrides), "eleventh_lr")
+    saved = ledger.load(copy)
+    saved.validate_all()
+    assert saved.resolve("eleventh_lr").config_sha() == variant.config_sha()
+    assert [p["lr"] for p in saved.raw_iterations["eleventh_lr"]["passes"]] == [3e-4, 3e-5]
+
     space = tmp_path / "space.yaml"
     space.write_text("sweep:\n  optimizer.lr: {log_uniform: [1.0e-5, 1.0e-1]}\n")
     with pytest.raises(LedgerError, match="eighth.sweep.optimizer.lr: changes nothing eighth trains"):

@@ -8,6 +8,10 @@ A path names a training field exactly as a `sweep:` block does (harness.ledger.s
 the number it reads as. The changed iteration is validated like a ledger entry before anything
 runs; each error names its flag (`--set optimizer.lr: ...`), one line, InputError (exit 2).
 
+`--set optimizer.lr=V` on an iteration whose every pass sets its own LR (eleventh: 1e-3, then
+1e-4 from the best epoch) would change nothing it trains; there it scales every pass's LR so the
+first pass starts at V, keeping the ratios (3e-4, then 3e-5), and `note` says so before training.
+
 `Overrides` is what the variant run records (tag harness.overrides, JSON) and shows in its name
 (`second +lr=3e-4`). Pure Python: no TensorFlow, no MLflow.
 """
@@ -24,7 +28,9 @@ import yaml
 from harness.core.errors import InputError
 from harness.ledger.schema import Iteration, LedgerError
 from harness.ledger.resolve import with_changes
-from harness.ledger.space import changes_for, field_problem, value_at
+from harness.ledger.space import changes_for, every_pass_sets_lr, field_problem, first_pass_lr, pass_lrs_scaled
+
+LR_PATH = "optimizer.lr"
 
 FLAG = "--set"
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -107,7 +113,7 @@ class Overrides:
         ledger entry (InputError naming the flag, one line per problem)."""
         errors = []
         for path, value in self.values.items():
-            problem = field_problem(iteration, path)
+            problem = field_problem(iteration, path, scales_pass_lrs=True)
             if problem is None:
                 try:
                     with_changes(iteration, changes_for(iteration, {path: value}))
@@ -126,8 +132,26 @@ class Overrides:
 
     def changes(self, iteration: Iteration) -> dict:
         """The nested changes `Ledger.resolve(name, changes=...)` applies before the profile."""
-        return changes_for(iteration, self.values)
+        return changes_for(iteration, self.effective(iteration))
 
-    def changed(self, iteration: Iteration) -> dict:
-        """The values that differ from the iteration's own."""
-        return {p: v for p, v in self.values.items() if value_at(iteration, p) != v}
+    def _scales_pass_lrs(self, iteration: Iteration) -> bool:
+        return isinstance(self.values.get(LR_PATH), (int, float)) and every_pass_sets_lr(iteration)
+
+    def effective(self, iteration: Iteration) -> dict:
+        """The dotted values that train the variant (what `--save-as` writes): the flags' own, and
+        where optimizer.lr would change nothing, each pass's LR scaled (pass_lrs_scaled); a pass
+        path given by a flag too keeps the flag's value."""
+        if not self._scales_pass_lrs(iteration):
+            return dict(self.values)
+        return {**pass_lrs_scaled(iteration, self.values[LR_PATH]), **self.values}
+
+    def note(self, iteration: Iteration) -> str | None:
+        """The line said before training when optimizer.lr scales the passes' own LRs (else None)."""
+        if not self._scales_pass_lrs(iteration):
+            return None
+        scaled = with_changes(iteration, self.changes(iteration))
+        factor = self.values[LR_PATH] / first_pass_lr(iteration)
+        before = ", ".join(p.describe_lr(iteration.optimizer.lr) for p in iteration.passes)
+        after = ", ".join(f"passes.{i} {p.describe_lr(scaled.optimizer.lr)}" for i, p in enumerate(scaled.passes))
+        return (f"{FLAG} {LR_PATH}={self.texts.get(LR_PATH, self.values[LR_PATH])}: every pass of {iteration.name} "
+                f"sets its own LR ({before}); each is scaled by {factor:.6g}, ratios kept: {after}")

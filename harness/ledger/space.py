@@ -187,8 +187,10 @@ def _submodel(annotation: Any) -> tuple[Optional[type], bool]:
     return None, False
 
 
-def field_problem(iteration: Iteration, path: str) -> Optional[str]:
-    """Why a dotted path names no training field of `iteration` (None: it names one)."""
+def field_problem(iteration: Iteration, path: str, scales_pass_lrs: bool = False) -> Optional[str]:
+    """Why a dotted path names no training field of `iteration` (None: it names one).
+    `scales_pass_lrs`: the caller turns `optimizer.lr` into each pass's own LR (pass_lrs_scaled,
+    `--set`), so an LR every pass sets for itself is no reason to refuse it."""
     parts = _parts(path)
     if parts[0] in DESCRIPTIVE_KEYS + ("name",):
         return f"'{parts[0]}' describes the iteration; only training fields can be swept"
@@ -210,14 +212,43 @@ def field_problem(iteration: Iteration, path: str) -> Optional[str]:
         else:
             model, indexed = _submodel(model.model_fields[part].annotation)
         done.append(part)
-    return _shadowed(iteration, parts)
+    return None if scales_pass_lrs else _shadowed(iteration, parts)
+
+
+def every_pass_sets_lr(iteration: Iteration) -> bool:
+    """Whether each pass has its own lr or schedule, so that the optimizer's lr trains nothing."""
+    return all(p.lr is not None or p.schedule is not None for p in iteration.passes)
+
+
+def first_pass_lr(iteration: Iteration) -> float:
+    """The LR the first pass starts at, where it sets its own (every_pass_sets_lr)."""
+    first = iteration.passes[0]
+    return first.schedule.values[0] if first.schedule is not None else first.lr
+
+
+def pass_lrs_scaled(iteration: Iteration, lr: float) -> dict:
+    """What `--set optimizer.lr=LR` means on an iteration whose every pass sets its own LR:
+    dotted path -> value for each pass's lr (or schedule values), all multiplied by one factor so
+    that the first pass starts at `lr`; the ratios between passes and steps are kept (eleventh's
+    1e-3 then 1e-4 becomes 3e-4 then 3e-5). Rounded to 12 significant digits, so that 1e-4 * 0.3
+    reads 3e-05 in the config and the ledger."""
+    factor = lr / first_pass_lr(iteration)
+    scaled = lambda value: float(f"{value * factor:.12g}")  # noqa: E731
+    values = {}
+    for index, one in enumerate(iteration.passes):
+        if one.schedule is not None:
+            values[f"passes.{index}.schedule.values"] = [scaled(v) for v in one.schedule.values]
+        else:
+            values[f"passes.{index}.lr"] = scaled(one.lr)
+    return values
 
 
 def _shadowed(iteration: Iteration, parts: list) -> Optional[str]:
     """Why a training field changes nothing the iteration trains (None: it does). The one field
     that can be shadowed is the optimizer's lr: a pass with its own lr or schedule ignores it, so
-    a sweep over it, or `--set optimizer.lr=...`, would train the same weights under another name."""
-    if parts != ["optimizer", "lr"] or not all(p.lr is not None or p.schedule is not None for p in iteration.passes):
+    a sweep over it would train the same weights under another name. (`--set optimizer.lr` scales
+    the passes' own LRs instead: harness.ledger.overrides.)"""
+    if parts != ["optimizer", "lr"] or not every_pass_sets_lr(iteration):
         return None
     own = ", ".join(f"passes.{i} {p.describe_lr(iteration.optimizer.lr)}" for i, p in enumerate(iteration.passes))
     return (f"changes nothing {iteration.name} trains: every pass sets its own LR ({own}); "

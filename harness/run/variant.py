@@ -27,6 +27,8 @@ class OverrideRun:
         overrides.check(written)
         self.experiment, self.iteration, self.overrides, self.fresh = book.experiment, name, overrides, fresh
         self.changes = overrides.changes(written)
+        self.values = overrides.effective(written)  # what trains, and what --save-as writes
+        self.note = overrides.note(written)
         self.run_name = overrides.run_name(name)
         self.tags = {TAG_KIND: KIND_VARIANT, TAG_OVERRIDES: overrides.tag(), "mlflow.source.name": "harness run --set"}
         self.run_id: Optional[str] = None
@@ -34,6 +36,12 @@ class OverrideRun:
     def decide(self, store, iteration, resumable) -> Decision:
         """RESUME the newest unfinished run of these overrides and this config (unless --fresh or a
         finished one is newer); else NEW."""
+        decision = self._decide(store, iteration, resumable)
+        if self.note:
+            return Decision(decision.kind, decision.run, "\n".join(filter(None, [self.note, decision.message])))
+        return decision
+
+    def _decide(self, store, iteration, resumable) -> Decision:
         if self.fresh:
             return Decision(NEW)
         for run in store.runs(self.experiment, iteration.name, KIND_VARIANT):
@@ -89,6 +97,6 @@ def save_variant(book, name: str, variant: OverrideRun, new_name: str) -> int:
     from harness.ledger.promote import append_iteration
 
     flags = " ".join(f"--set {path}={text}" for path, text in variant.overrides.texts.items())
-    return append_iteration(book, name, new_name, variant.overrides.values,
+    return append_iteration(book, name, new_name, variant.values,
                             note=f"saved by `harness run {name} {flags} --save-as {new_name}`",
                             title=f"{name} {variant.overrides.label()}", flag="--save-as")
