@@ -21,10 +21,12 @@ def test_frozen_iterations_keep_the_ledger_as_written_under_cpu_with_a_cost_cap(
         assert all(p.max_seconds == 900 for p in cpu.passes)
         assert cpu.data.pixels == written.data.pixels
         assert cpu.data.pixels.range == 255 and cpu.data.pixels.channels == "bgr"
+        assert (written.compute.mixed_precision, cpu.compute.mixed_precision) == ("none", "bfloat16")
     line = announcement("eighth", "cpu", "no GPU visible", book.resolve("eighth"), book.resolve("eighth", "cpu"),
                         book.path)
     assert ("passes 1-3 train on cached backbone features and keep the ledger's 224 px, batch and epochs, "
             "each capped by measured cost at 900 s") in line, line
+    assert "computed in bfloat16 (compute.mixed_precision none->bfloat16)" in line, line
 
 
 def test_iterations_that_train_the_backbone_are_shrunk_and_capped():
@@ -33,6 +35,18 @@ def test_iterations_that_train_the_backbone_are_shrunk_and_capped():
     assert eleventh.data.image_size == 64
     assert all(p.epochs <= 20 and p.max_seconds is None for p in eleventh.passes)
     assert eleventh.batch_size.train == 16
+    assert eleventh.compute.mixed_precision == "none"  # bfloat16 is the cached-feature rule's only
+
+
+def test_the_cached_feature_rule_sets_compute_switches_only(tmp_path):
+    path = tmp_path / "l.yaml"
+    path.write_text(LEDGER.replace("    max_epochs_per_pass: 5\n", "    max_epochs_per_pass: 5\n"
+                                   "    cached_feature_passes: {max_seconds: 9, set: {data: {image_size: 32}}}\n"))
+    with pytest.raises(ledger.LedgerError) as caught:
+        ledger.load(path)
+    assert caught.value.lines == [f"{path}:11: profiles.cpu.cached_feature_passes.set: passes on "
+                                  f"cached features keep the ledger's data and batch; `set` takes compute switches "
+                                  f"only (got data)"], caught.value.lines
 
 
 LEDGER = """\

@@ -46,6 +46,9 @@ iterations:
   unscaled:
     extends: first
     data: {pixels: {range: 1, channels: rgb}}
+  halved:
+    extends: first
+    compute: {mixed_precision: bfloat16}
 """
 
 N_ROWS = 48
@@ -159,8 +162,11 @@ def test_a_later_iteration_hits_and_another_size_or_seed_misses(book, synth, wor
         [missed] = lines
         assert missed.startswith(f"feature cache: backbone features of {N_ROWS} images computed once"), name
         assert cache.last_path != path
+    # the same backbone computed in bfloat16 (the cpu profile's frozen passes): other features
+    [halved] = run("halved")
+    assert halved.startswith(f"feature cache: backbone features of {N_ROWS} images computed once"), halved
     files = _features_files(work.features)
-    assert len(files) == 4 and path in files and path.stat().st_mtime_ns == mtime
+    assert len(files) == 5 and path in files and path.stat().st_mtime_ns == mtime
     assert any(f.name.startswith("vgg16-48px-") for f in files)
 
 

@@ -61,16 +61,30 @@ def server_store(team_server, tmp_path_factory):
     return built
 
 
-def test_the_rest_reader_answers_as_mlflows_client(server_store, monkeypatch):
+@pytest.mark.parametrize("pages", ["waves", "server tokens"])
+def test_the_rest_reader_answers_as_mlflows_client(server_store, monkeypatch, pages):
+    """All the runs come in waves of pages asked for at once, SLICE runs a page (several waves
+    here); when the server's page token is not the one the reader makes (another MLflow),
+    page after page with the server's tokens, PAGE runs a page. Either way, as the client."""
     uri, experiment, ids = server_store["uri"], server_store["experiment"], server_store["runs"]
     reader, client = fast_store.open_reader(uri, experiment), MlflowReader(uri, experiment)
     assert isinstance(reader, rest_reader.ServerReader) and reader.via_rest
-    monkeypatch.setattr(rest_reader, "PAGE", 2)  # several pages: page_token followed to the end
+    monkeypatch.setattr(rest_reader, "SLICE", 2)
+    monkeypatch.setattr(rest_reader, "PAGE", 2)
+    if pages == "server tokens":
+        made_here = rest_reader.offset_token
+        monkeypatch.setattr(rest_reader, "offset_token", lambda offset: made_here(offset) + "=")
+    asked = []
+    monkeypatch.setattr(rest_reader.RestClient, "call", _counted(rest_reader.RestClient.call, asked))
     reader = fast_store.open_reader(uri, experiment)
     for variants in (False, True):
         same_records(reader.runs(variants=variants), client.runs(variants=variants))
         for iteration in ("base", "first", "second", "nope"):
             same_records(reader.runs(iteration, variants=variants), client.runs(iteration, variants=variants))
+    tokens = [body.get("page_token") for endpoint, body in asked if endpoint == "/runs/search" and body]
+    assert any(tokens) and len(reader.runs()) > 4 * 2  # more than one wave of pages
+    if pages == "waves":
+        assert rest_reader.offset_token(8) in tokens
     same_records(reader.references(), client.references())
     assert ids["deleted"] not in {r.run_id for r in reader.runs()}
     for iteration in ("base", "first", "second"):
@@ -85,6 +99,13 @@ def test_the_rest_reader_answers_as_mlflows_client(server_store, monkeypatch):
     assert reader.known(asked) == client.known(asked) == {ids["base"], ids["majority-c"], ids["variant"],
                                                           ids["elsewhere"]}
     assert reader.via_rest
+
+
+def _counted(call, asked: list):
+    def counting(self, method, endpoint, body=None):
+        asked.append((endpoint, body))
+        return call(self, method, endpoint, body)
+    return counting
 
 
 def test_the_rest_reader_reads_a_runs_predictions_as_mlflows_client(server_store):

@@ -187,6 +187,9 @@ def load(path: Union[str, Path]) -> Ledger:
             profiles[name] = Profile.model_validate(body)
             overlays = [(("profiles", name), profiles[name].set)] + [
                 (("profiles", name, "iterations", it), adj.set) for it, adj in profiles[name].iterations.items()]
+            rule = profiles[name].cached_feature_passes
+            if rule is not None:
+                overlays.append((("profiles", name, "cached_feature_passes"), rule.set))
             for where, overlay in overlays:
                 for key in profile_key_problems(overlay):
                     loc = (*where, "set", *key.split("."))
@@ -201,7 +204,7 @@ def load(path: Union[str, Path]) -> Ledger:
             for err in exc.errors():
                 loc = ("profiles", name) + tuple(err["loc"])
                 field_path = ".".join(str(p) for p in loc)
-                errors.append(f"{path}:{_nearest(lines, loc)}: {field_path}: {err['msg']}")
+                errors.append(f"{path}:{_nearest(lines, loc)}: {field_path}: {err['msg'].removeprefix('Value error, ')}")
     for name in REQUIRED_PROFILES:
         if name not in raw_profiles:
             errors.append(f"{path}:{lines.get(('profiles',), 1)}: profiles.{name}: required (used by tests and CPU runs)")

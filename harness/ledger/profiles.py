@@ -55,6 +55,8 @@ def describe_changes(written: ledger.Iteration, profiled: ledger.Iteration) -> l
             others.append(f"decoded images cached ({new})")
         elif parts[0] == "batch_size":
             others.append(f"batch {parts[1]} {old}->{new}")
+        elif key == "compute.mixed_precision":
+            others.append(f"computed in {new} (compute.mixed_precision {old}->{new})")
         else:
             others.append(f"{key} {ledger.short_value(old)}->{ledger.short_value(new)}")
     phrases.append(_images(profiled.data.limit))

@@ -71,6 +71,7 @@ def _profiled(iteration: Iteration, profile: Profile) -> dict:
     if all(cached):  # nothing trains the backbone: images at the ledger's size, batch as written
         overlay = {**overlay, "data": {k: v for k, v in overlay.get("data", {}).items() if k != "image_size"}}
         overlay.pop("batch_size", None)
+        overlay = deep_merge(overlay, rule.set)
     merged = deep_merge(iteration.to_dict(), overlay)
     merged["passes"] = [dict(p, max_seconds=rule.max_seconds) if on_features else
                         _cap_pass(p, profile.max_epochs_per_pass, profile.patience)

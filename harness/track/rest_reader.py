@@ -9,13 +9,22 @@ MlflowReader's client asks it, over the same endpoints, and orders as MLflow's s
 start first, then run id):
 
     GET  /api/2.0/mlflow/experiments/get-by-name   the experiment's id (404: no such experiment)
-    POST /api/2.0/mlflow/runs/search               one call per page of PAGE runs, page_token on
+    POST /api/2.0/mlflow/runs/search               one call per page of PAGE runs, page_token on;
+                                                   all runs: SLICE-run pages, WAVE at once (below)
     GET  /api/2.0/mlflow/runs/get                  one run by id (`run`, `known` of other runs)
 
 Each question is the search MlflowReader's client sends (the filters are harness.core.records'),
 answered once per reader: `table` asks for one run per iteration (~40 ms each on the server),
 never for all 500 runs with their params (6.7 MB and ~5 s of the server's time, measured; that
 is what `harness runs` without an iteration needs, a page of PAGE runs per call).
+
+All the runs of an experiment (`harness runs`) are the server's heaviest answer: its SQL store
+builds every run's params, tags and metrics as ORM objects and then JSON (about 2 s of one core
+for 500 runs, measured). A team server has several workers (`make server`: one a core), so the
+pages are asked for WAVE at once. MLflow's page token is its own business ("this format is not
+stable" in mlflow.utils.search_utils), so the reader asks for the later pages with tokens made
+the way the server makes them, and keeps the answers only if the server's own token for the
+second page is that token; otherwise it reads page after page with the server's tokens.
 
 Anything this module does not expect (a proxy's HTML, an error status other than "no such
 experiment", a field missing, settings it does not handle such as MLflow's auth plugins, client
@@ -34,6 +43,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional
 
 from harness.core.records import REFERENCES_QUERY, KIND_VARIANT, RunRecord, finished_query, parent_query
@@ -44,6 +54,8 @@ TIMEOUT = 30.0  # seconds per request, as harness.track.remote bounds MLflow's o
 # Settings whose meaning lives inside MLflow's client (an auth plugin, a client certificate, a
 # workspace header): with any of them set, the MLflow client reads instead.
 MLFLOW_ONLY_SETTINGS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLFLOW_WORKSPACE")
+SLICE = 128  # runs per page when all of them are read, WAVE pages at once
+WAVE = 4
 _ACTIVE_RUNS = "ACTIVE_ONLY"
 _NEWEST_FIRST = ["attributes.start_time DESC"]
 
@@ -158,15 +170,42 @@ class RestReader:
         if key not in self._found:
             body = {"experiment_ids": [self._experiment_id], "filter": query, "run_view_type": _ACTIVE_RUNS,
                     "max_results": max_results or PAGE, "order_by": _NEWEST_FIRST}
-            records = []
-            while True:
-                page = self._rest.call("POST", "/runs/search", body) or {}
-                records += [run_record(run) for run in page.get("runs", [])]
-                if max_results or not page.get("next_page_token"):
-                    break
-                body["page_token"] = page["next_page_token"]
-            self._found[key] = records
+            runs = self._rest.call("POST", "/runs/search", body).get("runs", []) if max_results else (
+                self._all_at_once(body) or self._page_after_page(body))
+            self._found[key] = [run_record(run) for run in runs]
         return self._found[key]
+
+    def _page_after_page(self, body: dict) -> list[dict]:
+        runs, body = [], dict(body)
+        while True:
+            page = self._rest.call("POST", "/runs/search", body) or {}
+            runs += page.get("runs", [])
+            if not page.get("next_page_token"):
+                return runs
+            body["page_token"] = page["next_page_token"]
+
+    def _all_at_once(self, body: dict) -> Optional[list[dict]]:
+        """Every matching run, SLICE-run pages asked for WAVE at once (module docstring); None
+        when the server's own token is not the one made here."""
+        def page(offset: int) -> dict:
+            token = {"page_token": offset_token(offset)} if offset else {}
+            return self._rest.call("POST", "/runs/search", {**body, "max_results": SLICE, **token}) or {}
+
+        runs: list = []
+        with ThreadPoolExecutor(WAVE) as pool:
+            for wave in range(0, 1 << 30, WAVE * SLICE):
+                pages = list(pool.map(page, range(wave, wave + WAVE * SLICE, SLICE)))
+                if wave == 0 and pages[0].get("next_page_token", offset_token(SLICE)) != offset_token(SLICE):
+                    return None
+                for one in pages:
+                    runs += one.get("runs", [])
+                    if not one.get("next_page_token"):
+                        return runs
+
+
+def offset_token(offset: int) -> str:
+    """The page token MLflow's stores write for the page that starts at `offset`."""
+    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
 
     def runs(self, iteration: Optional[str] = None, variants: bool = False) -> list[RunRecord]:
         """Parent runs, newest first (with `variants`, the `--set` runs too, merged by start time)."""
