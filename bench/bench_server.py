@@ -12,7 +12,8 @@ from Debian's binaries with its durable defaults, `mlflow server` with 2 workers
   figures   what those harness runs cost the server: HTTP requests per run (the server's access
             log), database rows per epoch (counted in PostgreSQL), and the latency of one epoch's
             logging (RunTracker.epoch_finished: the parent's and the pass's log_batch).
-  table     `harness table` over 500 runs on the server, fresh processes, median of 3.
+  table     `harness table`, `harness runs` and `harness compare first second` over 500 runs on
+            the server, fresh processes, median of 3 each.
 
 Prints markdown, or one JSON object with --json (bench/run_all.py collects it).
 Not a test: the numbers depend on the machine.
@@ -91,18 +92,21 @@ def epoch_logging_latency(url: str) -> float:
 
 
 def time_table(url: str, tmp: Path) -> dict:
-    """Populate TABLE_RUNS runs on the server, then time `harness table` in fresh processes."""
+    """Populate TABLE_RUNS runs on the server, then time `harness table`, `runs` and `compare`
+    (the commands that only read) in fresh processes."""
     from bench.bench_table import populate
     from bench.run_all import run_measured
 
     started = time.perf_counter()
     populate(url, TABLE_RUNS)
-    populated = time.perf_counter() - started
-    argv = [sys.executable, "-m", "harness.cli", "table", "--no-readme", "--out", str(tmp / "R.md"),
-            "--tracking-uri", url]
-    measured = [run_measured(argv) for _ in range(3)]
-    return {"table_runs": TABLE_RUNS, "populate_s": populated, "table_s": statistics.median(m[1] for m in measured),
-            "table_peak_mib": max(m[2] for m in measured)}
+    result = {"table_runs": TABLE_RUNS, "populate_s": time.perf_counter() - started}
+    cli = [sys.executable, "-m", "harness.cli"]
+    for name, argv in (("table", ["table", "--no-readme", "--out", str(tmp / "R.md")]), ("runs", ["runs"]),
+                       ("compare", ["compare", "first", "second"])):
+        measured = [run_measured(cli + argv + ["--tracking-uri", url]) for _ in range(3)]
+        result |= {f"{name}_s": statistics.median(m[1] for m in measured),
+                   f"{name}_peak_mib": max(m[2] for m in measured)}
+    return result
 
 
 def measure(data: Path, n: int) -> dict:
