@@ -69,6 +69,11 @@ def supported() -> bool:
     return not any(os.environ.get(name) for name in MLFLOW_ONLY_SETTINGS)
 
 
+def offset_token(offset: int) -> str:
+    """The page token MLflow's stores write for the page that starts at `offset`."""
+    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
 class RestClient:
     """JSON over HTTP to one server, with MLflow's own credential settings (basic auth from
     MLFLOW_TRACKING_USERNAME/PASSWORD, a bearer MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_INSECURE_TLS,
@@ -201,11 +206,6 @@ class RestReader:
                     runs += one.get("runs", [])
                     if not one.get("next_page_token"):
                         return runs
-
-
-def offset_token(offset: int) -> str:
-    """The page token MLflow's stores write for the page that starts at `offset`."""
-    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
 
     def runs(self, iteration: Optional[str] = None, variants: bool = False) -> list[RunRecord]:
         """Parent runs, newest first (with `variants`, the `--set` runs too, merged by start time)."""
