@@ -11,8 +11,9 @@ serving:  `mlflow models serve` of that model (--env-manager local, loopback), o
           per POST to /invocations, median of 20 after one warm-up call, against the same
           prediction in-process through pyfunc.
 system metrics: the epoch period of that short run with MLflow's system-metrics monitor on
-          (the default) against --no-system-metrics, alternating on/off/on/off (noisy on a
-          shared machine), and the monitor's own CPU time per sample, measured with nothing else
+          (the default) against --no-system-metrics, after one warm-up run, in ABBA order
+          (on/off/off/on: a drift in the machine's speed cancels; noisy on a shared machine),
+          and the monitor's own CPU time per sample, measured with nothing else
           running, as a share of its default 10 s interval. Target <= 1.02 / <= 0.5%.
 
 Prints markdown, or one JSON object with --json (bench/run_all.py collects it).
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_training import DEFAULT_DATA, missing_real_data  # noqa: E402
 
 CPU_RUN_EPOCHS = 24  # the cpu profile's eleventh: 2 passes of at most 12 epochs
+SYSTEM_METRICS_ORDER = (True, False, False, True)  # monitor on/off, ABBA, after a warm-up run
 
 
 def _short_run(folder: Path, tmp: Path, name: str, epochs: int, system_metrics: bool):
@@ -181,13 +183,13 @@ def main(argv=None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         tmp = Path(tmp)
+        # A warm-up run first (its period not counted: the process's first training pays for
+        # tracing and the image cache), then on/off in ABBA order, so a drift of the machine's
+        # speed over the row weighs on both sides alike.
+        store, run, _ = _short_run(folder, tmp, "warmup", args.epochs, False)
         periods = {True: [], False: []}
-        first = None
-        for index, monitored in enumerate((True, False, True, False)):
-            store, run, period = _short_run(folder, tmp, f"r{index}", args.epochs, monitored)
-            periods[monitored].append(period)
-            first = first or (store, run)
-        store, run = first
+        for index, monitored in enumerate(SYSTEM_METRICS_ORDER):
+            periods[monitored].append(_short_run(folder, tmp, f"r{index}", args.epochs, monitored)[2])
         logging = measure_logging(store, run, tmp)
         monitor = measure_monitor_cost(tmp)
         serving = measure_serving(store, run, next((folder / "resized").glob("*.jpg")).read_bytes())

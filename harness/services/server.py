@@ -35,6 +35,7 @@ from harness.track.uris import mlflow_server_command
 from harness.core.process import (LOOPBACK, STARTUP_SECONDS, port_free, running_pid, stop_pid, url_for,
                                   wait_until_up)
 from harness.services.folder import shown_db, ADMIN_PASSWORD_ENV, DB_URI_ENV, DEFAULT_PORT, DEFAULT_SERVER_DIR, SECRET_KEY_ENV, SERVER_DIR_ENV, ServerFolder, THROWAWAY_SETTINGS, TeamServer, save_state, read_state, log_tail
+from harness.services import gunicorn_config
 from harness.services.postgres import local_database, with_driver
 
 
@@ -90,9 +91,10 @@ def _write_auth_config(folder: ServerFolder) -> None:
 
 def mlflow_command(folder: ServerFolder, host: str, port: int, workers: int, auth: bool,
                    allowed_hosts: Optional[str]) -> list[str]:
-    """`mlflow server` with proxied artifacts in the folder (the store URI goes in the environment)."""
+    """`mlflow server` with proxied artifacts in the folder (the store URI goes in the environment),
+    under gunicorn with harness.services.gunicorn_config (why: that module's docstring)."""
     return mlflow_server_command(host, port, workers, folder.artifacts.as_uri(), app_name="basic-auth" if auth else None,
-                                 allowed_hosts=allowed_hosts)
+                                 allowed_hosts=allowed_hosts, gunicorn_config=gunicorn_config.__name__)
 
 
 def start_mlflow(folder: ServerFolder, db_uri: str, host: str, port: int, workers: int, auth: bool,

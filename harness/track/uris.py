@@ -58,10 +58,12 @@ def artifact_root(uri: str) -> Optional[Path]:
 
 def mlflow_server_command(host: str, port: int, workers: int, artifacts: str, *, store: Optional[str] = None,
                           default_artifact_root: Optional[str] = None, app_name: Optional[str] = None,
-                          allowed_hosts: Optional[str] = None) -> list[str]:
+                          allowed_hosts: Optional[str] = None, gunicorn_config: Optional[str] = None) -> list[str]:
     """The one `mlflow server` command line: artifacts proxied to `artifacts` (a file: URI), the
     store (given) as backend and registry alike, else taken from MLFLOW_BACKEND_STORE_URI in the
-    environment (kept off the command line `ps` shows when it holds a password)."""
+    environment (kept off the command line `ps` shows when it holds a password). With
+    `gunicorn_config` (an importable module) it runs under gunicorn with those settings instead of
+    MLflow's default uvicorn."""
     command = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination", artifacts]
     if store:
         command += ["--backend-store-uri", store, "--registry-store-uri", store]  # the same store (and no notice saying so)
@@ -72,6 +74,8 @@ def mlflow_server_command(host: str, port: int, workers: int, artifacts: str, *,
         command += ["--app-name", app_name]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
+    if gunicorn_config:
+        command += ["--gunicorn-opts", f"--config python:{gunicorn_config}"]
     return command
 
 
