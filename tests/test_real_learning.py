@@ -110,7 +110,7 @@ profiles:
   smoke: {set: {}}
 iterations:
   short:
-    passes: [{epochs: 4, monitor: val_acc}]
+    passes: [{epochs: 2, monitor: val_acc}]  # 0.324 at epoch 2 (seed 1, 2 cores; 0.10 is chance)
 """
 
 

@@ -63,6 +63,26 @@ def test_server_runs_postgres_and_mlflow_on_loopback_with_pid_files(team_server)
     assert team_server.db_uri.split(":")[2].split("@")[0] == state["db_password"]
     mlflow_args = Path(f"/proc/{team_server.mlflow_pid}/cmdline").read_bytes().decode()
     assert state["db_password"] not in mlflow_args  # the store URI travels in the environment
+    # MLflow serves through gunicorn with the harness's settings (harness.services.gunicorn_config)
+    children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "stat").is_file()
+                and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(team_server.mlflow_pid)]
+    servers = [(p / "cmdline").read_bytes().split(b"\0") for p in children]
+    assert any(b"gunicorn" in args and b"python:harness.services.gunicorn_config" in args for args in servers), servers
+
+
+def test_the_servers_workers_collect_garbage_less_often_and_leave_the_app_out():
+    import gc
+
+    from harness.services import gunicorn_config
+
+    thresholds = gc.get_threshold()
+    try:
+        gunicorn_config.post_worker_init(worker=None)
+        assert gc.get_threshold() == gunicorn_config.GC_THRESHOLDS and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    assert gunicorn_config.worker_class == "gthread" and gunicorn_config.control_socket_disable
 
 
 def test_team_database_gives_another_database_on_the_session_cluster(team_server, team_database):
