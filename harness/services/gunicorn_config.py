@@ -23,6 +23,9 @@ timeout = 600
 # (a client retries what was cut off: the run waits for the server, tests/test_faults_server.py);
 # gunicorn's default of 30 s held every stop for those 30 s while a client kept one alive.
 graceful_timeout = 2
+# One line per request in the server's log (uvicorn's default, gunicorn's is none): who called what
+# (docs/scaling.md counts a run's requests in it).
+accesslog = "-"
 # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
 # two servers on one machine (a team server and a test's) would take it from each other.
 control_socket_disable = True
