@@ -196,25 +196,11 @@ SERVERS = {"test_server", "test_faults_server", "test_server_backup"}  # and eve
 BROWSERS = {"test_ui_browser"}
 REAL = {"test_data_real", "test_real_learning"}
 RAY = {"test_parallel", "test_distribute"}
-# Modules whose module-scoped fixtures train (a model, a sweep, a killed run, the UI's runs): a
-# worker builds its own copy of such a fixture, so the module's tests share one worker (the
-# slowest-20 lists of a CI run showed test_sweep's and test_trust's ~40 s fixtures set up twice).
-SHARED_TRAINING = {"test_faults_resume", "test_faults_state", "test_models_registry", "test_pixels",
-                   "test_progress", "test_reference", "test_sweep", "test_train", "test_trust", "test_ui_browser",
-                   "test_variants"}
-
-
-def _module_of(item) -> str:
-    return item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
 
 
 def pytest_collection_modifyitems(config, items):
-    # The modules that train first, the rest after (each module's tests in their own order): the
-    # two workers take the longest work while the short tests are left to even out the end,
-    # instead of a late module that trains (test_trust, test_variants) running alone at the end.
-    items.sort(key=lambda item: _module_of(item) not in TRAINS)
     for item in items:
-        module = _module_of(item)
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         fixtures = set(getattr(item, "fixturenames", ()))
         marks = {name for name, names in (("train", TRAINS), ("subprocess", SUBPROCESSES), ("browser", BROWSERS),
                                           ("real", REAL)) if module in names}
@@ -228,11 +214,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, mark))
         # pytest-xdist (`make test` runs -n 2 --dist loadgroup): the tests on the session's team
         # server share one worker, hence one PostgreSQL and one MLflow server; the Ray tests
-        # share another, so that two Ray heads never start at once on two cores; the tests of a
-        # module in SHARED_TRAINING share one, so that its trained fixtures are built once.
+        # share another, so that two Ray heads never start at once on two cores.
         if "server" in marks:
             item.add_marker(pytest.mark.xdist_group("server"))
         elif module in RAY:
             item.add_marker(pytest.mark.xdist_group("ray"))
-        elif module in SHARED_TRAINING:
-            item.add_marker(pytest.mark.xdist_group(module))
