@@ -64,9 +64,9 @@ def test_server_runs_postgres_and_mlflow_on_loopback_with_pid_files(team_server)
     mlflow_args = Path(f"/proc/{team_server.mlflow_pid}/cmdline").read_bytes().decode()
     assert state["db_password"] not in mlflow_args  # the store URI travels in the environment
     # MLflow serves through gunicorn with the harness's settings (harness.services.gunicorn_config)
-    children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "stat").is_file()
-                and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(team_server.mlflow_pid)]
-    servers = [(p / "cmdline").read_bytes().split(b"\0") for p in children]
+    pid = team_server.mlflow_pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    servers = [Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0") for child in children]
     assert any(b"gunicorn" in args and b"python:harness.services.gunicorn_config" in args for args in servers), servers
 
 

@@ -1,10 +1,11 @@
-"""Gunicorn settings for the team server's `mlflow server` (`--gunicorn-opts "-c python:<this>"`).
+"""Gunicorn settings for the team server's `mlflow server` (`--gunicorn-opts "--config python:<this>"`).
 
 Why gunicorn and this file rather than MLflow's default uvicorn: a worker that answers a search
 of 500 runs builds some 54,000 SQLAlchemy objects, and with CPython's default collection
-threshold (700) most of that request's time went to the cyclic garbage collector rescanning
+threshold (700) about half of that request's time went to the cyclic garbage collector rescanning
 them (an in-process search of 500 runs on PostgreSQL: 1.2-1.9 s, 0.6-0.7 s with the threshold
-below; `harness runs` over 500 runs on the team server 2.7 s against 1.3-1.6 s, docs/scaling.md).
+below; `harness runs` over 500 runs on the team server 2.7 s against 1.0-1.7 s; README, "A team
+server").
 uvicorn has no hook that runs in its workers; gunicorn's `post_worker_init` does, after the
 worker has imported MLflow's app, so the app's own objects are frozen out of every collection.
 
