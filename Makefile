@@ -77,14 +77,13 @@ lr-find: setup ## LR range test: make lr-find ITER=second
 lint: setup ## Check the layers contract (import-linter, .importlinter; docs/architecture.md)
 	$(BIN)/lint-imports
 
-# Two xdist workers; the team-server tests share one worker, the Ray tests another (tests/conftest.py).
-XDIST := -n 2 --dist loadgroup
+# Three xdist workers on 2 cores: much of the suite waits (on subprocesses, a Ray head, the team
+# server's retries), and a third worker fills those waits. Each test module is one xdist group,
+# the team-server tests and the Ray tests one each, longest first (tests/conftest.py).
+XDIST := -n 3 --dist loadgroup --no-loadscope-reorder
 
-# The team-server tests run after the rest, on their own: one of them (a run interrupted and
-# resumed through the server) failed once when the other worker trained beside it, and passes alone.
-test: setup lint ## The whole suite: 2 workers, then the team-server tests alone (25-28 min on a clean clone, 2 cores)
-	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest $(XDIST) -m "not server" $(PYTEST_ARGS)
-	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest -m server $(PYTEST_ARGS)
+test: setup lint ## The whole suite, team-server tests included, on 3 workers
+	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 coverage: setup ## The whole suite with line coverage of harness/ (terminal summary, HTML in mlruns/coverage)
 	HARNESS_LOAD_SECONDS=$${HARNESS_LOAD_SECONDS:-5} $(BIN)/python -m pytest $(XDIST) --cov=harness \

@@ -198,7 +198,34 @@ REAL = {"test_data_real", "test_real_learning"}
 RAY = {"test_parallel", "test_distribute"}
 
 
+# pytest-xdist (`make test`: -n 3 --dist loadgroup --no-loadscope-reorder) sends each xdist group
+# to one worker, whole, in the order collected here. Each module is a group, so that its module
+# fixtures (a trained run, a sweep, a killed run, the UI's runs) are built once instead of once per
+# worker; the tests on the session's team server share one group (one PostgreSQL, one MLflow
+# server), the Ray tests another (two Ray heads never start at once on two cores), and the modules
+# that read the session's smoke store a third. The groups go out longest first (the server's, the
+# Ray tests, the real-data runs, then the modules that train), so that no long one starts last.
+SHARED_GROUPS = {"test_report": "smoke_store", "test_ui_browser": "smoke_store"}
+
+
+def _group(module: str, marks: set) -> str:
+    if "server" in marks:
+        return "server"
+    if module in RAY:
+        return "ray"
+    return SHARED_GROUPS.get(module, module)
+
+
+def _longest_first(group: str) -> tuple:
+    return (group != "server", group != "ray", group not in REAL, group not in TRAINS)
+
+
+# tryfirst: xdist's own collection hook (which reads the xdist_group marks) runs after this one.
+# pytest is pinned below 9.2 (setup.cfg): with 9.2, xdist 3.8's groups are silently ignored
+# (pytest-dev/pytest-xdist#1386).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    groups = {}  # id(item) -> its xdist group
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -212,10 +239,6 @@ def pytest_collection_modifyitems(config, items):
             marks.add("real")
         for mark in sorted(marks):
             item.add_marker(getattr(pytest.mark, mark))
-        # pytest-xdist (`make test` runs -n 2 --dist loadgroup): the tests on the session's team
-        # server share one worker, hence one PostgreSQL and one MLflow server; the Ray tests
-        # share another, so that two Ray heads never start at once on two cores.
-        if "server" in marks:
-            item.add_marker(pytest.mark.xdist_group("server"))
-        elif module in RAY:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        groups[id(item)] = _group(module, marks)
+        item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+    items.sort(key=lambda item: _longest_first(groups[id(item)]))  # stable: each group keeps its order

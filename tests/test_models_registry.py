@@ -215,7 +215,7 @@ def test_pyfunc_labels_agree_with_eval_argmax_on_held_out_images(trained, pyfunc
         assert (served[head].to_numpy() == truth).mean() == pytest.approx(evaluated[f"{head}_acc"], abs=1e-6), head
 
 
-def test_predict_names_bad_images_predicts_the_rest_and_exits_1(trained, tmp_path, capsys):
+def test_predict_names_bad_images_predicts_the_rest_and_exits_1(trained, champion, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     good = sorted((trained["heldout"] / "resized").glob("*.jpg"))[:2]

@@ -230,7 +230,8 @@ def test_ctrl_c_cancels_the_tasks_and_the_same_command_resumes_them(ray_head, bo
     assert lines[-1].startswith("interrupted: cancelled long1, long2;"), lines
     store = Store(uri)
     before = {name: store.runs("parallel", name) for name in names}
-    assert all(len(runs) == 1 and runs[0].status in ("KILLED", "RUNNING") for runs in before.values()), before
+    assert all(len(runs) == 1 and runs[0].status in ("KILLED", "RUNNING") for runs in before.values()), {
+        name: [run.status for run in runs] for name, runs in before.items()}
     for runs in before.values():
         assert (work_dir(work).run(runs[0].run_id) / "state.json").is_file()
 
