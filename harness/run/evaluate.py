@@ -111,7 +111,7 @@ def checkpoint_outputs(store, run: RunRecord, iteration, table, rows, scratch: P
     from harness.core.labels import heads_for
     from harness.data.pipeline import eval_dataset
     from harness.models import load_model
-    from harness.train import labels_for_model
+    from harness.train import build_now, labels_for_model
     from harness.train.loop import predicted_classes
 
     heads = heads_for(iteration.data.name)
@@ -122,5 +122,6 @@ def checkpoint_outputs(store, run: RunRecord, iteration, table, rows, scratch: P
             raise InputError(f"{iteration.name}: run {run.run_id} has no checkpoint artifact")
         model = load_model(files[0])
         dataset = labels_for_model(eval_dataset(table, rows, iteration), heads)
+        build_now(model, dataset)
         logs = model.evaluate(dataset, return_dict=True, verbose=0)
         return logs, predicted_classes(model, dataset.map(lambda x, y: x), heads)

@@ -24,7 +24,7 @@ from harness.ledger.schema import Iteration, PassConfig
 from harness.train import feature_cache, progress
 from harness.train.checkpoints import (EpochWriter, RunFolder, RunState, capture_snapshot, link, load_snapshot,
                                        save_last_good, save_pass_models, write_snapshot)
-from harness.train.compile import compile_model, lr_for_epoch, train_stream, val_stream
+from harness.train.compile import build_now, compile_model, lr_for_epoch, train_stream, val_stream
 from harness.train.distribute import strategy_scope, synchronize_batch_norm
 from harness.train.rng import seed_pass
 
@@ -129,7 +129,8 @@ def predict_outputs(model, data) -> tuple[dict, dict]:
 def evaluate(model, data, dataset: str) -> tuple[dict, dict, dict]:
     """(the evaluate dict in contract names, sorted; head -> predicted class per validation
     example; head -> its probability) of `model` on `data`'s validation set."""
-    evaluated = metrics.from_keras_logs(model.evaluate(val_stream(data), return_dict=True, verbose=0), dataset)
+    build_now(model, stream := val_stream(data))  # a pass resumed at its end trained nothing
+    evaluated = metrics.from_keras_logs(model.evaluate(stream, return_dict=True, verbose=0), dataset)
     return (dict(sorted(evaluated.items())), *predict_outputs(model, data))
 
 
@@ -206,18 +207,17 @@ def selected_scores(iteration: Iteration, folder: RunFolder, state: RunState, bu
 
 def fit_epochs(fit_model, iteration: Iteration, data, state: RunState, pass_: PassConfig, callbacks: list) -> None:
     """The rest of a pass's epochs, from where the run state says the pass is."""
+    # the stream is keyed by the global epoch, so every pass sees fresh orders
+    build_now(fit_model, stream := train_stream(iteration, data, state.step))
     fit_model.fit(
-        # the stream is keyed by the global epoch, so every pass sees fresh orders
-        train_stream(iteration, data, state.step),
+        stream,
         steps_per_epoch=data.steps_per_epoch,
         validation_data=val_stream(data),
         epochs=pass_.epochs,
         initial_epoch=state.epochs_in_pass,
         callbacks=callbacks,
         shuffle=False,  # the stream is shuffled, per epoch and seeded, by the data layer
-        # Keras's own progress logger syncs every batch (~5% of a CPU epoch); the epoch
-        # line is printed by the pass callback instead.
-        verbose=0,
+        verbose=0,  # Keras's logger syncs every batch (~5% of a CPU epoch); the pass callback prints
     )
 
 
