@@ -8,7 +8,6 @@ named moment (HARNESS_FAULT, harness/faults.py), so no timing luck is involved."
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.core import faults
+from harness.core.process import free_port
 from harness.cli import main
 
 pytestmark = pytest.mark.faults
@@ -103,11 +103,6 @@ def test_stop_signal_marks_the_run_killed_says_so_once_and_a_rerun_resumes(
     assert parent.status == "FINISHED"
     assert [p.step for p in Store(uri).metric_history(parent.run_id, "val_loss")] == [1, 2]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def alive(pid: int) -> bool:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import pytest
 from harness import ledger
 from harness.core import metrics
 from harness.core.labels import HVC_HEADS
+from harness.core.process import free_port
 from harness.core.records import NEW, TAG_ITERATION, TAG_SYNTHETIC, DataLineage, Decision
 
 REAL = os.environ.get("HARNESS_HVC_REAL", "")
@@ -245,16 +245,11 @@ def test_predict_names_bad_images_predicts_the_rest_and_exits_1(trained, champio
     assert cli(trained, "predict", "models:/person-attributes@nobody", str(good[0])) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def test_the_served_model_answers_a_rest_call(trained, champion, pyfunc_model, tmp_path):
     """`mlflow models serve` of models:/person-attributes@champion on a loopback port, a real
     POST of a real image, then the server's process group stopped by its PID."""
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # uvicorn, started by `mlflow models serve`
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"], "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     log = open(tmp_path / "serve.log", "w")

@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import pytest
 
+from harness.core.process import free_port
+
 from test_report import build_smoke_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,11 +43,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason
     "/usr/bin/chromium is missing: install Debian's chromium and chromium-driver "
     "(apt-get install chromium chromium-driver, as .ci/run does)"))]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -37,9 +37,30 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _below_ephemeral() -> range:
+    """The ports under the kernel's ephemeral range (Linux's default starts at 32768), from 20000."""
+    try:
+        low = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(20000, max(low, 20001))
+
+
 def free_port() -> int:
-    """A TCP port nobody on 127.0.0.1 listens on now."""
-    with socket.socket() as sock:
+    """A TCP port nobody on 127.0.0.1 listens on now, under the ephemeral range: a port the
+    kernel hands out (bind to port 0) may be given to another process's outgoing connection
+    before the server binds it (seen: PostgreSQL's port taken while Ray and MLflow clients ran
+    beside it), and ports under that range are never handed out so."""
+    import random
+
+    candidates = _below_ephemeral()
+    for port in random.sample(candidates, min(200, len(candidates))):
+        if port_free("127.0.0.1", port):
+            return port
+    with socket.socket() as sock:  # every one tried was taken: any port the kernel gives
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
