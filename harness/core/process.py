@@ -57,7 +57,9 @@ def free_port() -> int:
     import random
 
     candidates = _below_ephemeral()
-    for port in random.sample(candidates, min(200, len(candidates))):
+    # SystemRandom, not the module's generator: a seeded run (harness.train.rng) would have every
+    # process pick the same ports in the same order
+    for port in random.SystemRandom().sample(candidates, min(200, len(candidates))):
         if port_free("127.0.0.1", port):
             return port
     with socket.socket() as sock:  # every one tried was taken: any port the kernel gives
