@@ -28,8 +28,11 @@ def is_loopback(host: str) -> bool:
 
 
 def port_free(host: str, port: int) -> bool:
-    """Whether `port` on `host` can be bound now."""
+    """Whether a server could bind `port` on `host` now. With SO_REUSEADDR, as PostgreSQL and
+    gunicorn bind: connections a server closed a moment ago (TIME_WAIT: a restore stops its
+    own PostgreSQL, then `--start` starts it on the same port) do not make the port taken."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
