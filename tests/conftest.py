@@ -204,7 +204,8 @@ RAY = {"test_parallel", "test_distribute"}
 # worker; the tests on the session's team server share one group (one PostgreSQL, one MLflow
 # server), the Ray tests another (two Ray heads never start at once on two cores), and the modules
 # that read the session's smoke store a third. The groups go out longest first (the server's, the
-# Ray tests, the real-data runs, then the modules that train), so that no long one starts last.
+# Ray tests, the real-data runs, then the modules that train or share the smoke store), so that no
+# long one starts last.
 SHARED_GROUPS = {"test_report": "smoke_store", "test_ui_browser": "smoke_store"}
 
 
@@ -217,7 +218,7 @@ def _group(module: str, marks: set) -> str:
 
 
 def _longest_first(group: str) -> tuple:
-    return (group != "server", group != "ray", group not in REAL, group not in TRAINS)
+    return (group != "server", group != "ray", group not in REAL, group not in TRAINS and group != "smoke_store")
 
 
 # tryfirst: xdist's own collection hook (which reads the xdist_group marks) runs after this one.
